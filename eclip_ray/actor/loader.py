@@ -1,0 +1,105 @@
+"""Turning a served model's ``loader`` into a buildable zoo entry.
+
+A loader is a zoo name (``resnet50``, ``transformers:RobertaConfig``, ...) or a
+``module:factory`` import path of the user's own ``nn.Module`` factory. Import
+paths are honoured only for modules under ``allowed_modules``: a config is not
+a way to run arbitrary code. Weights are built under a fixed seed so that
+replicas of a random-weight model on several GPUs answer alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+
+from eclip_ray.actor.spec import ServedModel, TensorInfo, torch_dtype
+from eclip_ray.models.zoo import ZooModel
+
+SEED = 0
+
+
+def is_import_path(loader: str) -> bool:
+    # "transformers:BertConfig" is the zoo's own syntax, not an import path.
+    return ":" in loader and not loader.startswith("transformers:")
+
+
+def check_allowed(loader: str, allowed_modules: Sequence[str]) -> None:
+    """Raise ValueError unless ``loader``'s module lies under one of ``allowed_modules``."""
+    module = loader.split(":", 1)[0]
+    if not any(module == m or module.startswith(m + ".") for m in allowed_modules):
+        raise ValueError(
+            f"loader {loader!r}: module {module!r} is not under allowed_modules {list(allowed_modules)}; "
+            "add it there to load your own model factory"
+        )
+
+
+def _import_factory(loader: str, allowed_modules: Sequence[str]) -> Callable:
+    check_allowed(loader, allowed_modules)
+    module, _, attr = loader.partition(":")
+    factory = importlib.import_module(module)
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ValueError(f"loader {loader!r}: module {module!r} has no attribute {attr!r}")
+    if not callable(factory):
+        raise ValueError(f"loader {loader!r} names {type(factory).__name__}, not a callable factory")
+    return factory
+
+
+def _seeded(build: Callable, seed: int) -> Callable:
+    def seeded_build():
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build()
+
+    return seeded_build
+
+
+def _inputs_from_specs(inputs: Sequence[TensorInfo]) -> Callable:
+    def make_inputs(batch: int):
+        import torch
+
+        out = []
+        for t in inputs:
+            dtype = torch_dtype(t.datatype)
+            if dtype.is_floating_point:
+                out.append(torch.randn(batch, *t.shape).to(dtype))
+            else:  # zeros are valid token ids and indices, random integers may not be
+                out.append(torch.zeros(batch, *t.shape, dtype=dtype))
+        return tuple(out)
+
+    return make_inputs
+
+
+def zoo_entry(model: ServedModel, allowed_modules: Sequence[str] = (), seed: int = SEED) -> ZooModel:
+    """The zoo entry the runtime builds ``model`` from, with seeded weights."""
+    if is_import_path(model.loader):
+        factory = _import_factory(model.loader, allowed_modules)
+        spec = ZooModel(
+            name=model.name,
+            build=factory,
+            make_inputs=_inputs_from_specs(model.inputs),
+            kind="custom",
+            input_names=tuple(t.name for t in model.inputs),
+            input_shapes=tuple(t.shape for t in model.inputs),
+            input_dtypes=tuple(t.datatype for t in model.inputs),
+        )
+    else:
+        from eclip_ray.models.zoo import get
+
+        spec = get(model.loader)
+    return dataclasses.replace(spec, build=_seeded(spec.build, seed))
+
+
+def zoo_inputs(loader: str) -> tuple[TensorInfo, ...]:
+    """The input specs of a zoo model (no weights are built)."""
+    from eclip_ray.models.zoo import get
+
+    spec = get(loader)
+    return tuple(
+        TensorInfo(n, d, tuple(s))
+        for n, s, d in zip(spec.input_names, spec.input_shapes, spec.input_dtypes, strict=True)
+    )

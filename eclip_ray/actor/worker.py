@@ -1,0 +1,359 @@
+"""The per-GPU actor: one Runtime, the models placed on its GPU, their graphs, and the plan of the active mix.
+
+A plain class (``eclip_ray.actor.remote.worker_class`` makes it a Ray actor):
+everything that can fail at start (the pool, each model, each plan) fails in
+``__init__``, so a restarted actor rebuilds it all, and nothing is captured on
+the request path. A model that fails to load is reported, not fatal: the other
+models of the GPU keep serving.
+
+``infer`` never blocks the event loop on the device: on a GPU it issues the
+replay (non-blocking) and polls the request's CUDA event with asyncio sleeps;
+on the CPU backend the eager run goes to a thread. Several models (and several
+batches of one model, which queue on the runner's stream) are in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from eclip_ray.actor.ledger import EnergyLedger
+from eclip_ray.actor.loader import zoo_entry
+from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
+from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
+from eclip_ray.actor.spec import BatchResult, ModelUnavailable, ServedModel, TensorInfo, torch_dtype
+from eclip_ray.errors import EclipError, EnergyUnavailable, PlanError
+from eclip_ray.graph.plan import Plan
+from eclip_ray.graph.runner import ModelRunner, Pending
+from eclip_ray.partition.layout import Layout
+from eclip_ray.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_ENERGY_WINDOW = "eclip_ray.actor"
+
+
+@dataclass
+class _Served:
+    """A loaded model and its counters."""
+
+    spec: ServedModel
+    runner: ModelRunner
+    outputs: tuple[TensorInfo, ...]
+    in_dtypes: tuple[torch.dtype, ...]
+    out_dtypes: tuple[torch.dtype, ...]
+    copy_stream: torch.cuda.Stream | None = None
+    inferences: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    joules_per_inference: float | None = None
+
+    def tensors(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        if len(arrays) != len(self.in_dtypes):
+            raise ValueError(f"{self.spec.name!r} takes {len(self.in_dtypes)} inputs, got {len(arrays)}")
+        if self.runner.on_gpu:  # the runner copies (and casts) them into its static buffers on the device
+            return tuple(_read_only_view(a) for a in arrays)
+        # Eager user code may write to its inputs; arrays from Ray are read-only object-store views.
+        return tuple(torch.from_numpy(np.array(a)).to(dt) for a, dt in zip(arrays, self.in_dtypes, strict=True))
+
+    def arrays(self, outputs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
+        if self.copy_stream is None:
+            return tuple(o.to(dt).numpy() for o, dt in zip(outputs, self.out_dtypes, strict=True))
+        # Not on the legacy default stream: it would wait for every model's work on the whole-GPU streams.
+        with torch.cuda.stream(self.copy_stream):
+            return tuple(o.to("cpu", dt).numpy() for o, dt in zip(outputs, self.out_dtypes, strict=True))
+
+
+class GpuWorker:
+    """Serves ``models`` on one device of ``backend`` ("auto", "cuda", "cpu").
+
+    ``gpu`` labels this worker in results and metrics; ``device_index`` is the
+    CUDA device (0 inside a Ray actor, which sees only its own GPU).
+    ``plan_table`` is a path for ``eclip_ray.planner.PlanTable``; without it
+    every model runs on the whole GPU.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        backend: str = "auto",
+        gpu: int = 0,
+        device_index: int = 0,
+        plan_table: str | None = None,
+        allowed_modules: Sequence[str] = (),
+        active_window_s: float = 1.0,
+        energy_window_s: float = 5.0,
+        metrics: bool = False,
+    ) -> None:
+        self.gpu = gpu
+        self.specs = {m.name: m for m in models}
+        self.allowed_modules = tuple(allowed_modules)
+        self.energy_window_s = energy_window_s
+        self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
+        self.table_error: str | None = None
+        table = self._open_table(plan_table)
+        layout = getattr(table, "layout", None)  # a table made for one pool layout brings it along
+        self.runtime = Runtime(
+            backend,
+            layout=layout if isinstance(layout, Layout) else None,
+            workers=max(1, len(models)),
+            device_index=device_index,
+        )
+        self._sm = {name: self.runtime.pool.sm_count(name) for name in self.runtime.pool.names}
+        self.selector = PlanSelector(table, {m.name: m.batch_sizes for m in models}, active_window_s)
+        self.models: dict[str, _Served] = {}
+        self.failed: dict[str, str] = {}
+        self.plan_errors: list[str] = []
+        try:
+            self._load_all()
+        except BaseException:
+            self.runtime.close()
+            raise
+        self.ledger = EnergyLedger()
+        self.energy_j = 0.0
+        self.power_w: float | None = None
+        self._energy_task: asyncio.Task | None = None
+        self._labels = {m: label(WHOLE_PLAN) for m in self.models}
+        for m, text in self._labels.items():
+            self.metrics.plan(m, text, None)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _open_table(self, path: str | None):
+        try:
+            return open_table(path)
+        except Exception as e:  # serve on the whole GPU rather than not at all, and say why
+            self.table_error = f"{type(e).__name__}: {e}"
+            log.error("plan table %s could not be loaded (%s); every model runs on the whole GPU", path, e)
+            return None
+
+    def _load_all(self) -> None:
+        candidates = self.selector.candidates()
+        prepared: dict[str, set[Plan]] = {}
+        for name, spec in self.specs.items():
+            try:
+                self.models[name] = self._load(spec)
+                prepared[name] = self._prepare(self.models[name], candidates[name])
+            except Exception as e:
+                self.models.pop(name, None)
+                runner = self.runtime.runners.pop(name, None)
+                if runner is not None:
+                    runner.close()
+                self.failed[name] = f"{type(e).__name__}: {e}"
+                log.exception("model %s failed to load on GPU %d", name, self.gpu)
+        self.selector.prepare(prepared)
+
+    def _load(self, spec: ServedModel) -> _Served:
+        runner = self.runtime.load(spec.name, zoo_entry(spec, self.allowed_modules))
+        example = runner.example_inputs(1)
+        _check_inputs(spec, example)
+        outputs = _output_infos(spec, runner.eager(example, WHOLE_PLAN))
+        return _Served(
+            spec=spec,
+            runner=runner,
+            outputs=outputs,
+            in_dtypes=tuple(t.dtype for t in example),
+            out_dtypes=tuple(torch_dtype(o.datatype) for o in outputs),
+            copy_stream=torch.cuda.Stream(runner.device) if runner.on_gpu else None,
+        )
+
+    def _prepare(self, served: _Served, plans: set[Plan]) -> set[Plan]:
+        """Validate (and on a GPU capture at every batch size) each plan; the whole-GPU plan must work."""
+        ok = set()
+        for plan in sorted(plans, key=lambda p: p != WHOLE_PLAN):
+            try:
+                served.runner.validate(plan)
+                if served.runner.on_gpu:
+                    for size in served.spec.batch_sizes:
+                        served.runner.capture(plan, size)
+            except PlanError as e:
+                if plan == WHOLE_PLAN:
+                    raise
+                self.plan_errors.append(f"{served.spec.name}: plan {label(plan)}: {e}")
+                continue
+            ok.add(plan)
+        return ok
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _served(self, model: str) -> _Served:
+        if model in self.models:
+            return self.models[model]
+        if model in self.failed:
+            raise ModelUnavailable(f"model {model!r} failed to load on GPU {self.gpu}: {self.failed[model]}")
+        raise ModelUnavailable(f"model {model!r} is not placed on GPU {self.gpu}; it serves {sorted(self.models)}")
+
+    def _plan_for(self, model: str, rows: int) -> Plan:
+        plan = self.selector.observe(model, rows, time.monotonic())
+        for m, p in self.selector.current().items():
+            text = label(p)
+            if m in self._labels and self._labels[m] != text:
+                self.metrics.plan(m, text, self._labels[m])
+                self._labels[m] = text
+        return plan
+
+    async def infer(self, model: str, inputs: Sequence[np.ndarray]) -> BatchResult:
+        """Run one batch of ``model`` (arrays in the model's input order) and return its outputs."""
+        served = self._served(model)
+        rows = int(inputs[0].shape[0])
+        self._ensure_energy_loop()
+        plan = self._plan_for(model, rows)
+        tensors = served.tensors(inputs)
+        t0 = time.perf_counter()
+        if served.runner.on_gpu:
+            pending = served.runner.submit(tensors, plan)
+            await _until_done(pending)
+        else:  # eager on the CPU: off the event loop so other models' batches proceed
+            pending = await asyncio.to_thread(served.runner.submit, tensors, plan)
+        outputs = served.arrays(pending.result())
+        seconds = time.perf_counter() - t0
+        served.inferences += rows
+        served.batches += 1
+        served.seconds += seconds
+        self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
+        return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan))
+
+    # -- energy -----------------------------------------------------------------------------
+
+    def _ensure_energy_loop(self) -> None:
+        if self._energy_task is None and self.runtime.meter.available:
+            self.runtime.meter.begin_window(_ENERGY_WINDOW)
+            self._energy_task = asyncio.get_running_loop().create_task(self._energy_loop())
+
+    async def _energy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.energy_window_s)
+            try:
+                self.energy_tick()
+            except EnergyUnavailable:
+                log.warning("energy became unavailable on GPU %d; energy metrics stop", self.gpu)
+                return
+            except EclipError:  # an NVML hiccup costs one window, not the actor
+                log.exception("energy window failed on GPU %d", self.gpu)
+
+    def energy_tick(self) -> None:
+        """Close the energy window, publish power, energy and joules per inference, and open the next."""
+        meter = self.runtime.meter
+        window = meter.end_window(_ENERGY_WINDOW)
+        meter.begin_window(_ENERGY_WINDOW)
+        self.energy_j += window.joules
+        self.power_w = meter.power_w()
+        self.metrics.energy(window.joules)
+        self.metrics.power(self.power_w)
+        for model, joules in self.ledger.close(window).items():
+            self.models[model].joules_per_inference = joules
+            self.metrics.joules_per_inference(model, joules)
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def ready(self) -> dict[str, Any]:
+        """Per model: loaded or the reason not, and its tensors (outputs as learnt at start)."""
+        out = {}
+        for name, spec in self.specs.items():
+            served = self.models.get(name)
+            out[name] = {
+                "ready": served is not None,
+                "error": self.failed.get(name),
+                "inputs": [t.metadata() for t in spec.inputs],
+                "outputs": [t.metadata() for t in served.outputs] if served else [],
+            }
+        return {"gpu": self.gpu, "models": out}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per model, the plans in use, and energy when the backend measures it."""
+        plans = self.selector.current()
+        models = {
+            name: {
+                "inferences": s.inferences,
+                "batches": s.batches,
+                "busy_s": round(s.seconds, 6),
+                "plan": label(plans[name]),
+                "joules_per_inference": s.joules_per_inference,
+            }
+            for name, s in self.models.items()
+        }
+        meter = self.runtime.meter
+        energy = {"available": meter.available}
+        if meter.available:
+            energy.update(joules=self.energy_j, watts=self.power_w)
+        return {
+            "gpu": self.gpu,
+            "backend": self.runtime.backend.name,
+            "models": models,
+            "failed": dict(self.failed),
+            "active": self.selector.active,
+            "plan_switches": self.selector.switches,
+            "plan_fallbacks": self.selector.fallbacks,
+            "plan_errors": list(self.plan_errors),
+            "plan_table_error": self.table_error,
+            "energy": energy,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, **self.runtime.describe(), "pool": self.runtime.pool.report()}
+
+    def close(self) -> None:
+        if self._energy_task is not None:
+            self._energy_task.cancel()
+        self.runtime.close()
+
+
+def _read_only_view(a: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays; only copies read it
+        return torch.from_numpy(a)
+
+
+async def _until_done(pending: Pending, first_s: float = 5e-5, max_s: float = 1e-3) -> None:
+    delay = first_s
+    while not pending.done():
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, max_s)
+
+
+def _check_inputs(spec: ServedModel, example: Sequence[torch.Tensor]) -> None:
+    if len(example) != len(spec.inputs):
+        raise ValueError(f"{spec.name!r} is declared with {len(spec.inputs)} inputs; the model takes {len(example)}")
+    for info, t in zip(spec.inputs, example, strict=True):
+        if tuple(t.shape[1:]) != info.shape:
+            raise ValueError(
+                f"{spec.name!r}: input {info.name!r} is declared with shape {list(info.shape)}; "
+                f"the model's inputs have {list(t.shape[1:])}"
+            )
+        if t.is_floating_point() != torch_dtype(info.datatype).is_floating_point:
+            raise ValueError(f"{spec.name!r}: input {info.name!r} is declared {info.datatype}; the model takes {t.dtype}")
+
+
+def _default_datatype(t: torch.Tensor) -> str:
+    # Floats leave as FP32 on every backend, whatever precision the runner computes in.
+    if t.dtype == torch.bool:
+        return "BOOL"
+    return "FP32" if t.is_floating_point() else "INT64"
+
+
+def _output_infos(spec: ServedModel, outputs: Sequence[torch.Tensor]) -> tuple[TensorInfo, ...]:
+    if any(o.dim() == 0 or o.shape[0] != 1 for o in outputs):
+        raise ValueError(f"{spec.name!r}: every output must keep the batch dimension first")
+    if spec.outputs is None:
+        return tuple(
+            TensorInfo(f"output{i}", _default_datatype(o), tuple(o.shape[1:])) for i, o in enumerate(outputs)
+        )
+    if len(spec.outputs) != len(outputs):
+        raise ValueError(f"{spec.name!r} is declared with {len(spec.outputs)} outputs; the model returns {len(outputs)}")
+    infos = []
+    for info, o in zip(spec.outputs, outputs, strict=True):
+        if info.shape is not None and tuple(o.shape[1:]) != info.shape:
+            raise ValueError(
+                f"{spec.name!r}: output {info.name!r} is declared with shape {list(info.shape)}; "
+                f"the model returns {list(o.shape[1:])}"
+            )
+        infos.append(TensorInfo(info.name, info.datatype, tuple(o.shape[1:])))
+    return tuple(infos)

@@ -1,0 +1,119 @@
+"""The ``eclip-ray`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from eclip_ray.graph import Plan, block_cuts
+    from eclip_ray.runtime import Runtime
+
+    with Runtime(backend=args.backend, workers=2) as rt:
+        print(f"backend: {rt.backend.name}  device: {rt.describe()['device']}")
+        print(f"stream pool: {len(rt.pool.names)} partitions in {rt.pool.create_ms:.1f} ms")
+        for p in rt.pool.report()["partitions"]:
+            print(f"  {p['name']:8s} SM slots {p['start']:3d}..{p['start'] + p['count'] - 1:3d}  ({p['sm_count']} SMs)")
+        small = rt.layout.names[0]
+        for i, name in enumerate(args.models):
+            runner = rt.load(name)
+            blocks = block_cuts(runner.calls, depth=1)
+            cut = blocks[len(blocks) // 2].id
+            mine = [n for n in rt.layout.names if n.startswith(f"w{i % 2}.")] or [small]
+            plans = {"whole GPU": Plan.single("whole"), f"{mine[0]} -> whole": Plan((cut,), (mine[0], "whole"))}
+            x = runner.example_inputs(args.batch_size)
+            ref = None
+            for label, plan in plans.items():
+                if runner.on_gpu:
+                    runner.capture(plan, args.batch_size)
+                runner.run(x, plan)  # warm
+                t0 = time.perf_counter()
+                for _ in range(args.repeats):
+                    out = runner.run(x, plan)
+                ms = 1e3 * (time.perf_counter() - t0) / args.repeats
+                diff = 0.0 if ref is None else float((out[0].float() - ref[0].float()).abs().max())
+                ref = out if ref is None else ref
+                print(
+                    f"{name:12s} batch {args.batch_size}  plan {label:18s} switches {plan.switches}  "
+                    f"{ms:8.2f} ms/request  max |diff| vs first plan {diff:.2e}"
+                )
+        if rt.meter.available:
+            rt.meter.begin_window("demo")
+            time.sleep(1.0)
+            m = rt.meter.end_window("demo")
+            print(f"idle power over {m.seconds:.1f} s: {m.watts:.0f} W")
+        else:
+            print(f"energy: unavailable ({rt.meter.describe()['reason']})")
+        if torch.cuda.is_available():
+            print(json.dumps([r.memory_report() for r in rt.runners.values()], indent=1))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from eclip_ray.planner.profiler import run_profiles
+
+    written = run_profiles(args.models, args.batch_sizes, args.sizes, args.out, repeats=args.repeats)
+    print(f"wrote {len(written)} profiles to {args.out}")
+    return 0
+
+
+def _calibrate_power(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eclip_ray.energy.calibrate import power_model
+    from eclip_ray.partition import open_backend
+    from eclip_ray.planner.profiler import partition_for, profiling_layout
+    from eclip_ray.runtime import Runtime
+
+    probe = open_backend("cuda")
+    layout = profiling_layout(probe.geometry(), args.sizes)
+    probe.close()
+    with Runtime(backend="cuda", layout=layout) as rt:
+        parts = [partition_for(s, layout.geometry) for s in args.sizes]
+        model = power_model(rt.pool, rt.meter, parts, window_s=args.window_s)
+        model["device"] = rt.describe()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(model, indent=1))
+    print(json.dumps(model, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eclip-ray", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="build the stream pool and run models on several plans")
+    d.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu"])
+    d.add_argument("--models", nargs="+", default=["resnet50", "bert-base"])
+    d.add_argument("--batch-size", type=int, default=1)
+    d.add_argument("--repeats", type=int, default=5)
+    d.set_defaults(func=_demo)
+    pr = sub.add_parser("profile", help="profile models' kernel groups on each partition size (GPU)")
+    pr.add_argument("models", nargs="+")
+    pr.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8, 16])
+    pr.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 96, 132], help="SM counts to measure")
+    pr.add_argument("--out", default="benchmarks/profiles/h100")
+    pr.add_argument("--repeats", type=int, default=3)
+    pr.set_defaults(func=_profile)
+    cp = sub.add_parser("calibrate-power", help="measure idle power and power on N SMs (GPU)")
+    cp.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 96, 132])
+    cp.add_argument("--window-s", type=float, default=3.0)
+    cp.add_argument("--out", default="benchmarks/profiles/h100/power.json")
+    cp.set_defaults(func=_calibrate_power)
+    __import__("eclip_ray.planner.cli", fromlist=["add_parser"]).add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The partition backend interface: one per vendor, chosen when the runtime starts.
+
+A backend turns a :class:`PartitionSpec` into a stream whose kernels run only on
+that range of SMs. ``cuda`` does it with green contexts, ``cpu`` does not
+partition at all but keeps the same API so every layer above runs without a GPU.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from eclip_ray.partition.layout import DeviceGeometry, PartitionSpec
+
+
+@dataclass
+class Partition:
+    """A created partition: the spec, the SMs obtained and the stream to launch on."""
+
+    spec: PartitionSpec
+    sm_count: int
+    stream: torch.cuda.Stream | None
+    create_ms: float = 0.0
+    sm_ids: list[int] | None = field(default=None)
+    context: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class PartitionBackend(ABC):
+    """Creates SM-restricted streams on one device and owns everything it creates."""
+
+    name: str = ""
+    partitions_sms: bool = False
+
+    @abstractmethod
+    def geometry(self) -> DeviceGeometry:
+        """SM count and split rules of the device."""
+
+    @abstractmethod
+    def device(self) -> torch.device:
+        """The torch device tensors live on."""
+
+    @abstractmethod
+    def create(self, spec: PartitionSpec) -> Partition:
+        """Create the stream for ``spec``; raises LayoutError or BackendError naming the SMs asked."""
+
+    @abstractmethod
+    def new_stream(self, partition: Partition) -> torch.cuda.Stream | None:
+        """Another stream on the same SMs as ``partition`` (for a second model instance)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Device name, driver and library versions, for result files."""
+
+    def free_memory_bytes(self) -> int | None:
+        """Free device memory in bytes, or None where the backend has no device memory."""
+        return None
+
+    def synchronize(self) -> None:
+        """Wait for all work on the device."""
+
+    def close(self) -> None:
+        """Destroy every stream and context this backend created."""

@@ -1,0 +1,57 @@
+"""Where profiles live: ``benchmarks/profiles/<name>/`` (e.g. ``h100``) or any directory.
+
+A profile directory holds ``<model>_bs<B>_<dtype>.json`` files (one per model,
+batch size and dtype; see ``profile.py``) and optionally ``power.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eclip_ray.errors import PlanError
+from eclip_ray.models.zoo import canonical
+from eclip_ray.planner import profile as profile_io
+from eclip_ray.planner.power import FILENAME as POWER_FILE
+from eclip_ray.planner.power import PowerModel
+from eclip_ray.planner.profile import ModelProfile
+
+SHIPPED = Path("benchmarks") / "profiles"
+
+
+def roots() -> list[Path]:
+    """Directories searched for shipped profile sets: the working directory's and the source tree's."""
+    source_tree = Path(__file__).resolve().parents[2]
+    return list(dict.fromkeys([Path.cwd() / SHIPPED, source_tree / SHIPPED]))
+
+
+def profile_dir(spec: str | Path) -> Path:
+    """The directory of profile set ``spec``: an existing directory, or a name under a shipped root."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    for root in roots():
+        if (root / str(spec)).is_dir():
+            return root / str(spec)
+    known = sorted({p.name for r in roots() if r.is_dir() for p in r.iterdir() if p.is_dir()})
+    raise PlanError(
+        f"no profile set {str(spec)!r}: not a directory, and not under {[str(r) for r in roots()]} "
+        f"(profile sets there: {known or 'none'})"
+    )
+
+
+def load_profile(directory: Path, model: str, batch_size: int, dtype: str = "float16") -> ModelProfile:
+    """The profile of zoo model ``model`` (aliases allowed) at ``batch_size`` and ``dtype`` in ``directory``."""
+    name = canonical(model)
+    path = directory / f"{name}_bs{batch_size}_{dtype}.json"
+    if not path.is_file():
+        have = sorted(p.name for p in directory.glob("*.json") if p.name != POWER_FILE)
+        raise PlanError(f"no profile of {name} at batch {batch_size} ({dtype}) in {directory}; it has {have}")
+    return profile_io.load(path)
+
+
+def load_power(directory: Path) -> tuple[PowerModel | None, str]:
+    """The power model beside the profiles, or None and the reason energy cannot be predicted."""
+    path = directory / POWER_FILE
+    if not path.is_file():
+        return None, f"no {POWER_FILE} in {directory}: energy is not predicted"
+    return PowerModel.load(path), ""

@@ -1,0 +1,140 @@
+"""``eclip-ray plan``: plan a co-location mix from shipped profiles, on any machine (no GPU needed)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from eclip_ray.errors import PlanError
+from eclip_ray.partition.layout import DeviceGeometry, Layout, ladder
+from eclip_ray.planner import baselines, catalog
+from eclip_ray.planner.baselines import Baseline
+from eclip_ray.planner.objective import OBJECTIVES
+from eclip_ray.planner.optimizer import MixPlan, PlannerSettings, WorkerPlan, optimize
+from eclip_ray.planner.profile import ModelProfile
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``plan`` on the ``eclip-ray`` command's subparsers."""
+    p = subparsers.add_parser("plan", help="plan a co-location mix from profiles and print the predicted gains")
+    p.add_argument("--models", required=True, help="comma-separated zoo names; repeat a name for two instances")
+    p.add_argument("--slo-ms", default=None, help="latency SLO per model in ms, comma-separated (one value: all)")
+    p.add_argument("--profiles", default="h100", help="profile set under benchmarks/profiles/, or a directory")
+    p.add_argument("--batch-size", default="1", help="batch size, one for all or one per model, comma-separated")
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--objective", default="throughput", choices=OBJECTIVES)
+    p.add_argument("--switch-budget", type=int, default=PlannerSettings.switch_budget)
+    p.add_argument("--max-groups", type=int, default=PlannerSettings.max_groups, help="kernel groups per model")
+    p.add_argument("--interference", type=float, default=PlannerSettings.interference,
+                   help="slowdown when a co-located model keeps all of a partition's SMs busy (1: twice as long)")  # fmt: skip
+    p.add_argument("--fractions", default="0.25,0.5,0.75", help="the pool's per-worker partition sizes (of the GPU)")
+    p.add_argument("--plot", type=Path, default=None, help="draw the plan to this file (PNG, PDF, SVG)")
+    p.add_argument("--table", type=Path, default=None, help="also write the plan table of every sub-mix (JSON)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _split(text: str | None, n: int, what: str, cast) -> list:
+    if text is None:
+        return [None] * n
+    items = [cast(x) for x in text.split(",") if x.strip()]
+    if len(items) == 1:
+        return items * n
+    if len(items) != n:
+        raise PlanError(f"{len(items)} values for {what} but {n} models; give one value or one per model")
+    return items
+
+
+def instance_names(models: Sequence[str]) -> list[str]:
+    """Unique instance names: a model named twice becomes ``name`` and ``name-2``."""
+    seen: Counter[str] = Counter()
+    out = []
+    for m in models:
+        seen[m] += 1
+        out.append(m if seen[m] == 1 else f"{m}-{seen[m]}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from eclip_ray.models.zoo import canonical
+
+    models = [canonical(m.strip()) for m in args.models.split(",") if m.strip()]
+    names = instance_names(models)
+    slos = dict(zip(names, _split(args.slo_ms, len(models), "--slo-ms", float), strict=True))
+    batches = _split(args.batch_size, len(models), "--batch-size", int)
+    directory = catalog.profile_dir(args.profiles)
+    profiles = {n: catalog.load_profile(directory, m, b, args.dtype) for n, m, b in zip(names, models, batches, strict=True)}  # noqa: E501
+    power, note = catalog.load_power(directory)
+    layout = _layout(profiles, args.fractions)
+    settings = PlannerSettings(args.switch_budget, args.max_groups, interference=args.interference)
+    plan = optimize(profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings)
+    print(report(plan, layout, baselines.predict(plan.mix), directory))
+    if args.plot:
+        from eclip_ray.planner.plot import draw
+
+        print(f"\nplot: {draw(plan, args.plot)}")
+    if args.table:
+        from eclip_ray.planner.table import build_plan_table
+
+        table = build_plan_table(profiles, layout, slos, args.objective, power=power, power_note=note,
+                                 settings=settings, skip_infeasible=True)  # fmt: skip
+        print(f"plan table: {len(table)} mixes, {len(table.skipped)} without a plan -> {table.save(args.table)}")
+    return 0
+
+
+def _layout(profiles: dict[str, ModelProfile], fractions: str) -> Layout:
+    sm = {p.key.sm_count for p in profiles.values()}
+    if len(sm) != 1:
+        raise PlanError(f"the profiles were made on devices with different SM counts {sorted(sm)}")
+    return ladder(DeviceGeometry(sm.pop()), len(profiles), [float(f) for f in fractions.split(",")])
+
+
+def report(plan: MixPlan, layout: Layout, base: dict[str, Baseline], directory: Path) -> str:
+    """The plan, its prediction and the predicted gains over the baselines, as text."""
+    lines = [f"profiles: {directory}", "pool: " + ", ".join(f"{p.name} [{p.start},{p.stop})" for p in layout.partitions)]
+    lines.append(f"objective: {plan.objective}\n")
+    for w in plan.workers.values():
+        lines += _worker_table(plan, w) + [""]
+    lines += _summary(plan) + [""] + _gains(plan, base)
+    return "\n".join(lines)
+
+
+def _worker_table(plan: MixPlan, w: WorkerPlan) -> list[str]:
+    slo = next(x.slo_ms for x in plan.mix.workers if x.name == w.name)
+    head = (f"{w.name} ({w.model}, batch {w.batch_size}, worker {w.slot}): {len(w.stages)} stages, "
+            f"{w.plan.switches} switches, predicted {plan.predicted.latency_ms[w.name]:.3f} ms"
+            + (f" (SLO {slo:g} ms)" if slo is not None else ""))  # fmt: skip
+    rows = [head, f"  {'groups':>9} {'units':>9} {'kernels':>7}  {'partition':<9} {'SMs':>9} {'start ms':>9} "
+            f"{'ms':>8}  modules"]  # fmt: skip
+    for s in w.stages:
+        rows.append(
+            f"  {s.groups[0]:>4}-{s.groups[1] - 1:<4} {s.units[0]:>4}-{s.units[1] - 1:<4} {s.kernels:>7}  "
+            f"{s.partition:<9} {s.sm_start:>4}-{s.sm_start + s.sm_count - 1:<4} {s.start_ms:>9.3f} {s.ms:>8.3f}  "
+            f"{s.modules[0]} .. {s.modules[1]}"
+        )
+    return rows
+
+
+def _summary(plan: MixPlan) -> list[str]:
+    p = plan.predicted
+    energy = f"{p.energy_j:.4f} J/inference" if p.energy_j is not None else f"energy n/a ({p.energy_note})"
+    return [f"predicted: round {p.round_ms:.3f} ms, {p.throughput:.1f} inferences/s, {energy}"]
+
+
+def _gains(plan: MixPlan, base: dict[str, Baseline]) -> list[str]:
+    p = plan.predicted
+    rows = [f"{'baseline':<13} {'inf/s':>9} {'J/inf':>8}  {'plan vs baseline':<34} latency ms"]
+    for b in base.values():
+        if b.prediction is None:
+            rows.append(f"{b.name:<13} unavailable: {b.note}")
+            continue
+        q = b.prediction
+        gain = f"throughput {p.throughput / q.throughput - 1:+.1%}"
+        if p.energy_j is not None and q.energy_j is not None:
+            gain += f", energy {p.energy_j / q.energy_j - 1:+.1%}"
+        lat = ", ".join(f"{n} {v:.2f}" for n, v in q.latency_ms.items())
+        joules = f"{q.energy_j:.4f}" if q.energy_j is not None else "n/a"
+        rows.append(f"{b.name:<13} {q.throughput:>9.1f} {joules:>8}  {gain:<34} {lat}")
+    return rows

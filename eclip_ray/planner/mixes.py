@@ -1,0 +1,105 @@
+"""From profiles and a pool layout to a costed :class:`~eclip_ray.planner.cost.Mix`.
+
+Each model instance of a mix is a *worker* with a *slot*: the worker index of
+the layout whose partitions (``w{slot}.*``) it may use, besides the shared
+``whole``. Slots stay fixed for a model instance across the sub-mixes of a plan
+table, because the pool is built once and its partitions do not move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from eclip_ray.errors import PlanError
+from eclip_ray.partition.layout import WHOLE, Layout
+from eclip_ray.planner import timing
+from eclip_ray.planner.cost import DEFAULT_SWITCH_MS, Mix, Worker
+from eclip_ray.planner.grouping import group_units
+from eclip_ray.planner.power import PowerModel
+from eclip_ray.planner.profile import ModelProfile
+
+
+def allowed(layout: Layout, slot: int) -> tuple[int, ...]:
+    """Indices of the layout partitions worker ``slot`` may use, by ascending SM count."""
+    owners = {p.worker for p in layout.partitions if p.worker is not None}
+    if owners and slot not in owners:
+        raise PlanError(f"the layout has partitions for workers {sorted(owners)}, none for worker {slot}")
+    if WHOLE not in layout.names:
+        raise PlanError("the layout has no 'whole' partition; the planner keeps the whole GPU as an option")
+    idx = [i for i, p in enumerate(layout.partitions) if p.worker in (slot, None)]
+    return tuple(sorted(idx, key=lambda i: (layout.partitions[i].count, i)))
+
+
+def make_worker(
+    name: str,
+    profile: ModelProfile,
+    layout: Layout,
+    slot: int,
+    *,
+    slo_ms: float | None = None,
+    max_groups: int = 30,
+    knee_tol: float = 0.1,
+    switch_ms: float | None = None,
+) -> Worker:
+    """Group ``profile``'s units and cost every group on each partition worker ``slot`` may use."""
+    parts = allowed(layout, slot)
+    counts = [layout.partitions[i].count for i in parts]
+    unit_ms = timing.unit_ms(profile, counts)
+    distinct = sorted(set(counts))
+    label_cols = [counts.index(c) for c in distinct]
+    cuts = [u.cut for u in profile.units]
+    groups = group_units(unit_ms[:, label_cols], distinct, cuts, max_groups, knee_tol)
+    unit_work = timing.unit_work(profile)
+    return Worker(
+        name=name,
+        profile=profile,
+        slot=slot,
+        groups=tuple(groups),
+        parts=parts,
+        ms=np.array([unit_ms[g.first : g.stop].sum(axis=0) for g in groups]),
+        work=np.array([unit_work[g.first : g.stop].sum() for g in groups]),
+        switch_ms=_switch_ms(profile, switch_ms),
+        slo_ms=slo_ms,
+    )
+
+
+def _switch_ms(profile: ModelProfile, override: float | None) -> float:
+    if override is not None:
+        return float(override)
+    return float(profile.meta.get("switch_ms", DEFAULT_SWITCH_MS))
+
+
+def build_mix(
+    profiles: Mapping[str, ModelProfile],
+    layout: Layout,
+    *,
+    slots: Mapping[str, int] | None = None,
+    slo_ms: Mapping[str, float | None] | None = None,
+    power: PowerModel | None = None,
+    power_note: str = "no power model given",
+    interference: float = 1.0,
+    max_groups: int = 30,
+    knee_tol: float = 0.1,
+    switch_ms: float | None = None,
+) -> Mix:
+    """Cost every model instance of ``profiles`` (instance name -> profile) on ``layout``.
+
+    ``slots`` maps instance names to layout worker indices (default: the order of
+    ``profiles``). ``slo_ms`` maps instance names to latency SLOs (missing: none).
+    """
+    if not profiles:
+        raise PlanError("a mix needs at least one model")
+    slots = dict(slots) if slots is not None else {n: i for i, n in enumerate(profiles)}
+    if sorted(slots[n] for n in profiles) != sorted(set(slots[n] for n in profiles)):
+        raise PlanError(f"two model instances share a worker slot: {slots}")
+    slo_ms = slo_ms or {}
+    workers = tuple(
+        make_worker(
+            name, prof, layout, slots[name],
+            slo_ms=slo_ms.get(name), max_groups=max_groups, knee_tol=knee_tol, switch_ms=switch_ms,
+        )
+        for name, prof in profiles.items()
+    )  # fmt: skip
+    return Mix(layout, workers, interference, power, power_note if power is None else "")

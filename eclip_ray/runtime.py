@@ -1,0 +1,67 @@
+"""The partitioned runtime of one GPU: backend, stream pool, energy meter and model runners.
+
+Built once at start (the pool is never rebuilt on the request path); the GPU
+actor of the serving layer owns one of these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from eclip_ray.energy import EnergyMeter, open_meter
+from eclip_ray.graph.runner import ModelRunner
+from eclip_ray.models.zoo import ZooModel
+from eclip_ray.models.zoo import get as zoo_get
+from eclip_ray.partition import Layout, StreamPool, open_backend
+from eclip_ray.partition.layout import ladder
+
+
+class Runtime:
+    """One device's pool and models. ``layout`` defaults to ECLIP's ladder for ``workers`` co-located models."""
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        layout: Layout | None = None,
+        workers: int = 2,
+        fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
+        device_index: int = 0,
+    ) -> None:
+        self.backend = open_backend(backend, device_index)
+        try:
+            self.layout = layout or ladder(self.backend.geometry(), workers, fractions)
+            self.pool = StreamPool(self.backend, self.layout)
+            self.meter: EnergyMeter = open_meter(self.backend.name, device_index)
+        except BaseException:
+            self.backend.close()
+            raise
+        self.runners: dict[str, ModelRunner] = {}
+
+    def load(self, name: str, model: ZooModel | str | None = None, dtype: torch.dtype | None = None) -> ModelRunner:
+        """Build a zoo model (or ``model``) and place it on this device under ``name``."""
+        if name in self.runners:
+            raise ValueError(f"a model named {name!r} is already loaded")
+        spec = model if isinstance(model, ZooModel) else zoo_get(model or name)
+        runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype)
+        self.runners[name] = runner
+        return runner
+
+    def describe(self) -> dict[str, Any]:
+        info = self.backend.describe()
+        info["energy"] = self.meter.describe()
+        return info
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.close()
+        self.runners.clear()
+        self.meter.close()
+        self.pool.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

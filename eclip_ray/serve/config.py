@@ -1,0 +1,213 @@
+"""Declaring an application: the models, the GPUs, and the limits that protect them.
+
+Pydantic models with ``extra="forbid"``, so that a misspelt key in a YAML file is
+an error rather than a silently ignored setting. Units are in the names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eclip_ray.actor.spec import DATATYPES, ServedModel, TensorInfo, power_of_two_sizes
+
+Datatype = Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class TensorSpec(BaseModel):
+    """One named tensor of a request row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Tensor name in KServe v2 requests and responses.")
+    datatype: Datatype = Field(description="KServe v2 datatype, e.g. FP32 or INT64.")
+    shape: tuple[int, ...] | None = Field(
+        None,
+        description="Shape without the batch dimension. Required for inputs (graphs are captured at fixed "
+        "shapes); for outputs, None takes the shape the model returns.",
+    )
+
+    def info(self) -> TensorInfo:
+        return TensorInfo(self.name, self.datatype, self.shape)
+
+
+class ModelConfig(BaseModel):
+    """One served model: where it comes from, its tensors, and how its requests are batched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=MODEL_NAME, description="Name in URLs (/v2/models/{name}) and metrics.")
+    loader: str | None = Field(
+        None,
+        description="A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...) or a 'module:factory' import "
+        "path of a function returning an nn.Module; the module must be under the app's allowed_modules. "
+        "Default: the model's name, from the zoo.",
+    )
+    inputs: list[TensorSpec] | None = Field(
+        None, description="Input tensors. Default for zoo models: the zoo's; required for import-path loaders."
+    )
+    outputs: list[TensorSpec] | None = Field(
+        None, description="Output tensors in the order the model returns them. Default: output0, output1, ... (FP32)."
+    )
+    max_batch_size: int = Field(8, ge=1, le=1024, description="Most rows in one batch (and in one request).")
+    batch_sizes: list[int] | None = Field(
+        None,
+        description="Batch sizes captured as CUDA graphs at start; a batch is padded to the smallest that holds it. "
+        "Default: powers of two up to max_batch_size, and max_batch_size.",
+    )
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=10, description="Longest a request waits for others to join its batch."
+    )
+    slo_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Latency objective. Batching never waits past the point where the batch's expected run time "
+        "would overrun it; requests over it count as SLO violations.",
+    )
+    replicas: int = Field(1, ge=1, description="Number of GPUs that host this model (a hot model gets several).")
+    expected_rps: float | None = Field(
+        None, gt=0, description="Predicted requests per second, for placing models on GPUs (needs a profile)."
+    )
+    profile: str | None = Field(
+        None, description="Path of this model's planner profile (JSON), for placement by predicted load."
+    )
+
+    @property
+    def loader_name(self) -> str:
+        return self.loader or self.name
+
+    def captured_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else power_of_two_sizes(self.max_batch_size)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _sizes_positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("batch_sizes must be a non-empty list of sizes >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if max(self.captured_sizes()) < self.max_batch_size:
+            raise ValueError(f"batch_sizes {self.batch_sizes} cannot hold max_batch_size {self.max_batch_size}")
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            names = [t.name for t in specs or ()]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} names of model {self.name!r} repeat: {names}")
+        if self.inputs is not None and any(t.shape is None or min(t.shape, default=0) < 0 for t in self.inputs):
+            raise ValueError(f"every input of model {self.name!r} needs a fixed shape (graphs are captured at it)")
+        return self
+
+    def served(self) -> ServedModel:
+        """The actor's view of this model (inputs must be resolved, see ``AppConfig.resolved``)."""
+        if self.inputs is None:
+            raise ValueError(f"model {self.name!r} has no inputs; call AppConfig.resolved() first")
+        return ServedModel(
+            name=self.name,
+            loader=self.loader_name,
+            batch_sizes=self.captured_sizes(),
+            inputs=tuple(t.info() for t in self.inputs),
+            outputs=tuple(t.info() for t in self.outputs) if self.outputs is not None else None,
+        )
+
+
+class Limits(BaseModel):
+    """Bounds that keep one client or one slow model from taking the server down."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_queue_size: int = Field(
+        256, ge=1, description="Requests of one model waiting for a batch; more are refused with 503."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the GPU actor's answer to a batch before 503."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header (seconds) of 503 responses.")
+
+
+class AppConfig(BaseModel):
+    """An application: models co-located on ``gpus`` GPUs, each GPU run by one actor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelConfig] = Field(min_length=1, description="The served models.")
+    gpus: int = Field(1, ge=1, description="GPU actors (one per GPU). On the cpu backend: logical devices.")
+    backend: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Partition backend of the actors; auto: cuda when the Ray cluster has GPUs, else cpu."
+    )
+    plan_table: str | None = Field(
+        None, description="Plan table (eclip_ray.planner) giving each active mix's plans; none: whole GPU."
+    )
+    plan_active_window_s: float = Field(
+        1.0, gt=0, description="A model counts as active in the mix if it ran a batch this recently."
+    )
+    energy_window_s: float = Field(5.0, gt=0, description="Energy counter window for joules per inference.")
+    allowed_modules: list[str] = Field(
+        default_factory=list, description="Module prefixes that 'module:factory' loaders may import from."
+    )
+    host: str = Field("127.0.0.1", description="HTTP bind address (eclip-ray serve); 0.0.0.0 exposes it.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (eclip-ray serve).")
+    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead GPU actor.")
+    actor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each GPU actor.")
+    limits: Limits = Field(default_factory=Limits, description="Request, queue and time limits.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppConfig:
+        from eclip_ray.actor.loader import check_allowed, is_import_path
+
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names repeat: {names}")
+        for m in self.models:
+            if m.replicas > self.gpus:
+                raise ValueError(f"model {m.name!r} asks for {m.replicas} replicas but the app has {self.gpus} GPUs")
+            if is_import_path(m.loader_name):
+                check_allowed(m.loader_name, self.allowed_modules)
+                if m.inputs is None:
+                    raise ValueError(f"model {m.name!r} loads {m.loader_name!r}: declare its inputs")
+        return self
+
+    def resolved(self) -> AppConfig:
+        """This config with every zoo model's inputs filled in from the zoo (builds no weights)."""
+        from eclip_ray.actor.loader import zoo_inputs
+
+        models = []
+        for m in self.models:
+            if m.inputs is None:
+                specs = [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in zoo_inputs(m.loader_name)]
+                m = m.model_copy(update={"inputs": specs})
+            models.append(m)
+        return self.model_copy(update={"models": models})
+
+    def model(self, name: str) -> ModelConfig:
+        return next(m for m in self.models if m.name == name)
+
+
+IMPORT_PATH = "eclip_ray.serve.api:app_builder"
+
+
+def load_config(path: str | Path) -> tuple[AppConfig, dict[str, Any]]:
+    """Read an app from YAML: a Ray Serve config whose application uses ``eclip_ray.serve.api:app_builder``
+    (its ``args`` are the AppConfig; ``http_options`` set host and port), or a bare AppConfig.
+
+    Returns the config and the Serve application entry (name, route_prefix; empty for a bare AppConfig).
+    """
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    if "applications" not in doc:
+        return AppConfig.model_validate(doc), {}
+    apps = [a for a in doc["applications"] if a.get("import_path") == IMPORT_PATH]
+    if len(apps) != 1:
+        raise ValueError(f"{path}: expected exactly one application with import_path {IMPORT_PATH}, found {len(apps)}")
+    args = dict(apps[0].get("args") or {})
+    http = doc.get("http_options") or {}
+    args.update({k: http[k] for k in ("host", "port") if k in http})
+    return AppConfig.model_validate(args), dict(apps[0])

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU session on the device machine: record the card and versions, then run the steps named
+# as arguments, each under its own time limit, logging into $OUT/work; everything is packed
+# into $OUT/results.tgz at the end (the device tool returns at most 8 files).
+#   steps: tests bench demo power profile:<batch sizes>:<models...> validate
+set -u
+OUT=${OUT:-/tmp/eclip-out}
+W=$OUT/work
+mkdir -p "$W"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+trap 'tar czf "$OUT/results.tgz" -C "$W" . ; ls -la "$W"' EXIT
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv
+  python3 -c 'import sys, torch, cuda.bindings, pynvml; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda); print("cuda-bindings", cuda.bindings.__version__); print("nvidia-ml-py", getattr(pynvml, "__version__", "?"))'
+  python3 -c 'import torchvision, transformers, scipy; print("torchvision", torchvision.__version__, "transformers", transformers.__version__, "scipy", scipy.__version__)'
+  git rev-parse HEAD 2>/dev/null || echo "no git"
+} > "$W/versions.txt" 2>&1
+cat "$W/versions.txt"
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*" | tee -a "$W/steps.log"
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$W/$name.log" 2>&1
+  local rc=$?
+  echo "== $name rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$W/steps.log"
+  tail -25 "$W/$name.log"
+}
+for s in "$@"; do
+  case $s in
+    tests) step gpu_tests 240 python3 -m pytest -v -s tests/gpu ;;
+    bench) step runtime_bench 200 python3 benchmarks/runtime_bench.py --out "$W/runtime_bench.json" ;;
+    demo) step demo 120 python3 -m eclip_ray.cli demo --batch-size 8 ;;
+    power) step power 90 python3 -m eclip_ray.cli calibrate-power --out "$W/profiles/power.json" ;;
+    profile:*)
+      IFS=: read -r _ bs models <<< "$s"
+      step "profile_${bs//,/_}" "${PROFILE_LIMIT:-300}" python3 -m eclip_ray.cli profile ${models//,/ } \
+        --batch-sizes ${bs//,/ } --out "$W/profiles" ;;
+    validate) step validate 300 python3 benchmarks/validate_cost_model.py --profiles "$W/profiles" --out "$W/validation.json" ;;
+    *) echo "unknown step $s" ;;
+  esac
+done

@@ -1,0 +1,42 @@
+"""The CUDA backend's error handling, with a fake driver module (no GPU needed)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from eclip_ray.errors import BackendError, LayoutError
+from eclip_ray.partition import cuda as cuda_backend
+from eclip_ray.partition.layout import PartitionSpec
+
+
+class Err(int):
+    @property
+    def name(self):
+        return {0: "CUDA_SUCCESS", 2: "CUDA_ERROR_OUT_OF_MEMORY"}.get(int(self), f"CUDA_ERROR_{int(self)}")
+
+
+def test_check_unwraps_and_raises_with_call_and_context():
+    assert cuda_backend.check((Err(0), 5), "cuX") == 5
+    assert cuda_backend.check((Err(0), 1, 2), "cuX") == (1, 2)
+    assert cuda_backend.check((Err(0),), "cuX") is None
+    with pytest.raises(BackendError, match=r"cuGreenCtxCreate failed with CUDA_ERROR_OUT_OF_MEMORY \(SMs 0..31\)"):
+        cuda_backend.check((Err(2), None), "cuGreenCtxCreate", "SMs 0..31")
+
+
+def _res(n):
+    return SimpleNamespace(sm=SimpleNamespace(smCount=n))
+
+
+def test_split_that_returns_fewer_sms_is_a_layout_error():
+    be = object.__new__(cuda_backend.CudaGreenBackend)
+    be._cu = SimpleNamespace(cuDevSmResourceSplitByCount=lambda n, res, f, c: (Err(0), [_res(c + 8)], 1, _res(0)))
+    with pytest.raises(LayoutError, match="asked for 16 SMs, the driver split off 24"):
+        be._split(_res(132), 16, "partition 'x'")
+
+
+def test_failed_split_names_the_partition():
+    be = object.__new__(cuda_backend.CudaGreenBackend)
+    be._cu = SimpleNamespace(cuDevSmResourceSplitByCount=lambda *a: (Err(1), None, 0, None))
+    spec = PartitionSpec("w0.32", 0, 32)
+    with pytest.raises(BackendError, match=r"cuDevSmResourceSplitByCount failed .*w0.32"):
+        be._split(_res(132), 32, f"partition {spec.name!r}")
