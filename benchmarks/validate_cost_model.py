@@ -1,0 +1,143 @@
+"""Cost-model validation (issue 3), on the GPU: predicted vs measured latency and mix throughput.
+
+For each mix, the optimizer plans it from the profiles; the runtime captures the
+plans and runs the mix closed loop with one request in flight per model instance
+(the paper's method) for a window, measuring each instance's latency and the mix
+throughput and energy. Plain multi-stream (every instance on the whole GPU, own
+stream) runs too, as the reference the plan must beat. Writes JSON.
+
+    python benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from eclip_ray.graph import Plan
+from eclip_ray.models.zoo import canonical
+from eclip_ray.models.zoo import get as zoo_get
+from eclip_ray.partition.layout import ladder
+from eclip_ray.planner.catalog import load_power, load_profile
+from eclip_ray.planner.optimizer import optimize
+from eclip_ray.runtime import Runtime
+
+MIXES = {
+    "M1": ["albert-base", "albert-base", "densenet201"],
+    "M2": ["albert-base", "densenet201"],
+    "M3": ["albert-base", "densenet201", "vgg19"],
+    "M4": ["alexnet", "resnet152", "vgg19"],
+    "M5": ["resnext101_32x8d", "shufflenet_v2_x1_0"],
+    "M6": ["densenet201", "densenet201"],
+    "M7": ["alexnet", "alexnet", "alexnet"],
+}
+
+
+def closed_loop(rt: Runtime, plans: dict[str, Plan], batch: int, seconds: float) -> dict:
+    """One request in flight per instance for ``seconds``; latency per instance, throughput, energy."""
+    runners = {n: rt.runners[n] for n in plans}
+    inputs = {n: r.example_inputs(batch) for n, r in runners.items()}
+    for n, r in runners.items():  # warm
+        r.run(inputs[n], plans[n])
+    lat: dict[str, list[float]] = {n: [] for n in runners}
+    torch.cuda.synchronize()
+    rt.meter.begin_window("mix")
+    t_end = time.perf_counter() + seconds
+    inflight = {n: (time.perf_counter(), r.submit(inputs[n], plans[n])) for n, r in runners.items()}
+    while time.perf_counter() < t_end:
+        for n, (t0, pend) in inflight.items():
+            if pend.done():
+                lat[n].append(1e3 * (time.perf_counter() - t0))
+                inflight[n] = (time.perf_counter(), runners[n].submit(inputs[n], plans[n]))
+    for _, pend in inflight.values():
+        pend.result()
+    m = rt.meter.end_window("mix")
+    done = sum(len(v) for v in lat.values()) * batch
+    return {
+        "latency_p50_ms": {n: statistics.median(v) for n, v in lat.items()},
+        "latency_p95_ms": {n: sorted(v)[int(0.95 * len(v))] for n, v in lat.items()},
+        "throughput_rps": done / m.seconds,
+        "joules_per_inference": m.joules / done,
+        "avg_power_w": m.watts,
+        "seconds": m.seconds,
+    }
+
+
+def validate_mix(name: str, models: list[str], directory: Path, batch: int, seconds: float) -> dict:
+    inst = [f"{canonical(m)}#{i}" for i, m in enumerate(models)]
+    profiles = {n: load_profile(directory, m, batch) for n, m in zip(inst, models, strict=True)}
+    power, note = load_power(directory)
+    rt_probe = Runtime(backend="cuda", workers=len(models))
+    layout = ladder(rt_probe.backend.geometry(), len(models))
+    rt_probe.close()
+    t0 = time.perf_counter()
+    mix_plan = optimize(profiles, layout, None, "throughput", power=power, power_note=note)
+    solve_s = time.perf_counter() - t0
+    plans = mix_plan.plans()
+    with Runtime(backend="cuda", layout=layout) as rt:
+        for n, m in zip(inst, models, strict=True):
+            runner = rt.load(n, zoo_get(m))
+            runner.capture(plans[n], batch)
+            runner.capture(Plan.single("whole"), batch)
+        eclip = closed_loop(rt, plans, batch, seconds)
+        multi = closed_loop(rt, {n: Plan.single("whole") for n in inst}, batch, seconds)
+    pred = mix_plan.predicted
+    err = {n: pred.latency_ms[n] / eclip["latency_p50_ms"][n] - 1 for n in inst}
+    return {
+        "mix": name,
+        "models": models,
+        "batch_size": batch,
+        "solve_s": round(solve_s, 3),
+        "plans": {n: p.to_dict() for n, p in plans.items()},
+        "predicted": pred.to_dict(),
+        "measured_eclip": eclip,
+        "measured_multi_stream": multi,
+        "latency_rel_error": err,
+        "throughput_rel_error": pred.throughput / eclip["throughput_rps"] - 1,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profiles", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--mixes", nargs="+", default=list(MIXES))
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    out = {"command": "python benchmarks/validate_cost_model.py", "args": vars(args),
+           "date": datetime.now(UTC).isoformat(timespec="seconds"), "mixes": []}  # fmt: skip
+    for name in args.mixes:
+        try:
+            r = validate_mix(name, MIXES[name], Path(args.profiles), args.batch_size, args.seconds)
+            out["mixes"].append(r)
+            eclip, multi = r["measured_eclip"]["throughput_rps"], r["measured_multi_stream"]["throughput_rps"]
+            errors = ", ".join(f"{k} {100 * v:+.0f}%" for k, v in r["latency_rel_error"].items())
+            print(
+                f"{name}: predicted {r['predicted']['throughput']:.0f} inf/s, measured eclip {eclip:.0f} "
+                f"(multi-stream {multi:.0f}); latency error {errors}",
+                flush=True,
+            )
+        except Exception as e:  # one mix's failure is reported, the others still run
+            traceback.print_exc()
+            out["mixes"].append({"mix": name, "error": repr(e)})
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    errs = [abs(v) for r in out["mixes"] if "latency_rel_error" in r for v in r["latency_rel_error"].values()]
+    terrs = [abs(r["throughput_rel_error"]) for r in out["mixes"] if "throughput_rel_error" in r]
+    if errs:
+        out["median_abs_latency_error"] = statistics.median(errs)
+        out["median_abs_throughput_error"] = statistics.median(terrs)
+        print(f"median |latency error| {100 * out['median_abs_latency_error']:.1f}%, "
+              f"median |throughput error| {100 * out['median_abs_throughput_error']:.1f}%")  # fmt: skip
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
