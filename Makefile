@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/eclip-ray demo
+	$(VENV)/bin/eclip-ray serve
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

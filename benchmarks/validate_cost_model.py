@@ -3,8 +3,9 @@
 For each mix, the optimizer plans it from the profiles; the runtime captures the
 plans and runs the mix closed loop with one request in flight per model instance
 (the paper's method) for a window, measuring each instance's latency and the mix
-throughput and energy. Plain multi-stream (every instance on the whole GPU, own
-stream) runs too, as the reference the plan must beat. Writes JSON.
+throughput and energy with the benchmark's request loop (``eclip_ray.bench.driver``).
+Plain multi-stream (every instance on the whole GPU, own stream) runs too, as the
+reference the plan must beat. Writes JSON.
 
     python benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out validation.json
 """
@@ -19,8 +20,10 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
+from eclip_ray.bench.driver import Lane, drive
+from eclip_ray.bench.load import Load
+from eclip_ray.bench.mixes import MIXES
+from eclip_ray.bench.stats import percentile
 from eclip_ray.graph import Plan
 from eclip_ray.models.zoo import canonical
 from eclip_ray.models.zoo import get as zoo_get
@@ -29,44 +32,23 @@ from eclip_ray.planner.catalog import load_power, load_profile
 from eclip_ray.planner.optimizer import optimize
 from eclip_ray.runtime import Runtime
 
-MIXES = {
-    "M1": ["albert-base", "albert-base", "densenet201"],
-    "M2": ["albert-base", "densenet201"],
-    "M3": ["albert-base", "densenet201", "vgg19"],
-    "M4": ["alexnet", "resnet152", "vgg19"],
-    "M5": ["resnext101_32x8d", "shufflenet_v2_x1_0"],
-    "M6": ["densenet201", "densenet201"],
-    "M7": ["alexnet", "alexnet", "alexnet"],
-}
 
-
-def closed_loop(rt: Runtime, plans: dict[str, Plan], batch: int, seconds: float) -> dict:
+def closed_loop(rt: Runtime, plans: dict[str, Plan], batch: int, seconds: float, warmup_s: float = 1.0) -> dict:
     """One request in flight per instance for ``seconds``; latency per instance, throughput, energy."""
-    runners = {n: rt.runners[n] for n in plans}
-    inputs = {n: r.example_inputs(batch) for n, r in runners.items()}
-    for n, r in runners.items():  # warm
-        r.run(inputs[n], plans[n])
-    lat: dict[str, list[float]] = {n: [] for n in runners}
-    torch.cuda.synchronize()
-    rt.meter.begin_window("mix")
-    t_end = time.perf_counter() + seconds
-    inflight = {n: (time.perf_counter(), r.submit(inputs[n], plans[n])) for n, r in runners.items()}
-    while time.perf_counter() < t_end:
-        for n, (t0, pend) in inflight.items():
-            if pend.done():
-                lat[n].append(1e3 * (time.perf_counter() - t0))
-                inflight[n] = (time.perf_counter(), runners[n].submit(inputs[n], plans[n]))
-    for _, pend in inflight.values():
-        pend.result()
-    m = rt.meter.end_window("mix")
+    lanes = [
+        Lane(n, rt.runners[n], plan, batch, rt.runners[n].example_inputs(batch), index=i)
+        for i, (n, plan) in enumerate(plans.items())
+    ]
+    w = drive(lanes, Load("closed", 1), warmup_s=warmup_s, window_s=seconds, meter=rt.meter)
+    lat = {n: r.latencies_ms for n, r in w.lanes.items()}
     done = sum(len(v) for v in lat.values()) * batch
     return {
-        "latency_p50_ms": {n: statistics.median(v) for n, v in lat.items()},
-        "latency_p95_ms": {n: sorted(v)[int(0.95 * len(v))] for n, v in lat.items()},
-        "throughput_rps": done / m.seconds,
-        "joules_per_inference": m.joules / done,
-        "avg_power_w": m.watts,
-        "seconds": m.seconds,
+        "latency_p50_ms": {n: percentile(v, 50) for n, v in lat.items()},
+        "latency_p95_ms": {n: percentile(v, 95) for n, v in lat.items()},
+        "throughput_rps": done / w.seconds,
+        "joules_per_inference": w.energy.joules / done,
+        "avg_power_w": w.energy.watts,
+        "seconds": w.seconds,
     }
 
 
@@ -116,7 +98,7 @@ def main() -> None:
            "date": datetime.now(UTC).isoformat(timespec="seconds"), "mixes": []}  # fmt: skip
     for name in args.mixes:
         try:
-            r = validate_mix(name, MIXES[name], Path(args.profiles), args.batch_size, args.seconds)
+            r = validate_mix(name, list(MIXES[name]), Path(args.profiles), args.batch_size, args.seconds)
             out["mixes"].append(r)
             eclip, multi = r["measured_eclip"]["throughput_rps"], r["measured_multi_stream"]["throughput_rps"]
             errors = ", ".join(f"{k} {100 * v:+.0f}%" for k, v in r["latency_rel_error"].items())

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="benchmarks/profiles/h100/power.json")
     cp.set_defaults(func=_calibrate_power)
     __import__("eclip_ray.planner.cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("eclip_ray.serve.cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("eclip_ray.bench.cli", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 

@@ -44,7 +44,12 @@ class Runtime:
         if name in self.runners:
             raise ValueError(f"a model named {name!r} is already loaded")
         spec = model if isinstance(model, ZooModel) else zoo_get(model or name)
-        runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype)
+        if spec.kind == "onnx":  # onnxruntime runs it on the CPU backend, the converted module on a GPU
+            from eclip_ray.graph.onnx_runner import runner_for
+
+            runner = runner_for(name, spec.meta["onnx"], self.pool, dtype=dtype)
+        else:
+            runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype)
         self.runners[name] = runner
         return runner
 

@@ -36,7 +36,7 @@ for s in "$@"; do
       IFS=: read -r _ bs models <<< "$s"
       step "profile_${bs//,/_}" "${PROFILE_LIMIT:-300}" python3 -m eclip_ray.cli profile ${models//,/ } \
         --batch-sizes ${bs//,/ } --out "$W/profiles" ;;
-    validate) step validate 300 python3 benchmarks/validate_cost_model.py --profiles "$W/profiles" --out "$W/validation.json" ;;
+    validate) step validate 330 python3 benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out "$W/validation.json" ;;
     *) echo "unknown step $s" ;;
   esac
 done

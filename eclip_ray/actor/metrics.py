@@ -33,7 +33,9 @@ class RayGpuMetrics(GpuMetrics):
             "eclip_joules_per_inference", "Energy per inference over the last window (J)", tag_keys=("gpu", "model")
         )
         self._plan = Gauge(
-            "eclip_gpu_plan", "1 for the plan a model runs under now, 0 for plans left", tag_keys=("gpu", "model", "plan")
+            "eclip_gpu_plan",
+            "1 for the plan a model runs under now, 0 for plans left",
+            tag_keys=("gpu", "model", "plan"),
         )
         self._switches = Counter("eclip_gpu_plan_switches", "Plan changes of a model", tag_keys=("gpu", "model"))
 

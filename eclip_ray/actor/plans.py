@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from typing import Protocol
 
 from eclip_ray.graph.plan import Plan
@@ -28,13 +29,13 @@ class PlanLookup(Protocol):
     def lookup(self, active: Mapping[str, int]) -> Mapping[str, Plan] | None: ...
 
 
-def open_table(path: str | None) -> PlanLookup | None:
-    """Load the plan table at ``path`` (None: no table, every model on the whole GPU)."""
-    if path is None:
-        return None
-    from eclip_ray.planner import PlanTable  # the planner is optional at run time
+def open_table(table: str | PathLike | PlanLookup | None) -> PlanLookup | None:
+    """The plan table at a path (``PlanTable.load``), or ``table`` itself if it already has ``lookup``."""
+    if table is None or hasattr(table, "lookup"):
+        return table
+    from eclip_ray.planner import PlanTable  # imported only when a table is used
 
-    return PlanTable.load(path)
+    return PlanTable.load(table)
 
 
 def label(plan: Plan) -> str:
@@ -80,9 +81,19 @@ class PlanSelector:
         return out
 
     def candidates(self) -> dict[str, set[Plan]]:
-        """Every plan the table returns for some mix, per model (the whole-GPU plan always)."""
+        """Every plan the table returns for some mix, per model (the whole-GPU plan always).
+
+        A table that lists them (``PlanTable.captures``) is asked directly;
+        otherwise every mix of this actor's models at their batch sizes is looked up.
+        """
         found = {m: {WHOLE_PLAN} for m in self.sizes}
         if self.table is None:
+            return found
+        listed = getattr(self.table, "captures", None)
+        if callable(listed):
+            for model, pairs in listed().items():
+                if model in found:
+                    found[model].update(plan for plan, _ in pairs)
             return found
         mixes = self.mixes()
         if len(mixes) > self.max_lookups:

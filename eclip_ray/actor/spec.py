@@ -7,7 +7,6 @@ v2 names; tensors travel as little-endian numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,4 +116,3 @@ def power_of_two_sizes(max_batch_size: int) -> tuple[int, ...]:
         sizes.append(s)
         s *= 2
     return (*sizes, max_batch_size)
-

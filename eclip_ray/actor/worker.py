@@ -33,7 +33,8 @@ from eclip_ray.actor.spec import BatchResult, ModelUnavailable, ServedModel, Ten
 from eclip_ray.errors import EclipError, EnergyUnavailable, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.runner import ModelRunner, Pending
-from eclip_ray.partition.layout import Layout
+from eclip_ray.partition.layout import DeviceGeometry, Layout
+from eclip_ray.partition.layout import from_dict as layout_from_dict
 from eclip_ray.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class GpuWorker:
 
     ``gpu`` labels this worker in results and metrics; ``device_index`` is the
     CUDA device (0 inside a Ray actor, which sees only its own GPU).
-    ``plan_table`` is a path for ``eclip_ray.planner.PlanTable``; without it
-    every model runs on the whole GPU.
+    ``plan_table`` is a path of an ``eclip_ray.planner.PlanTable`` (or an
+    object with its ``lookup``); without it every model runs on the whole GPU.
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class GpuWorker:
         backend: str = "auto",
         gpu: int = 0,
         device_index: int = 0,
-        plan_table: str | None = None,
+        plan_table: Any = None,
         allowed_modules: Sequence[str] = (),
         active_window_s: float = 1.0,
         energy_window_s: float = 5.0,
@@ -100,13 +101,7 @@ class GpuWorker:
         self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
         self.table_error: str | None = None
         table = self._open_table(plan_table)
-        layout = getattr(table, "layout", None)  # a table made for one pool layout brings it along
-        self.runtime = Runtime(
-            backend,
-            layout=layout if isinstance(layout, Layout) else None,
-            workers=max(1, len(models)),
-            device_index=device_index,
-        )
+        self.runtime = self._runtime(backend, table, max(1, len(models)), device_index)
         self._sm = {name: self.runtime.pool.sm_count(name) for name in self.runtime.pool.names}
         self.selector = PlanSelector(table, {m.name: m.batch_sizes for m in models}, active_window_s)
         self.models: dict[str, _Served] = {}
@@ -127,13 +122,24 @@ class GpuWorker:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def _open_table(self, path: str | None):
+    def _open_table(self, table: Any):
         try:
-            return open_table(path)
+            return open_table(table)
         except Exception as e:  # serve on the whole GPU rather than not at all, and say why
             self.table_error = f"{type(e).__name__}: {e}"
-            log.error("plan table %s could not be loaded (%s); every model runs on the whole GPU", path, e)
+            log.error("plan table %s could not be loaded (%s); every model runs on the whole GPU", table, e)
             return None
+
+    def _runtime(self, backend: str, table: Any, workers: int, device_index: int) -> Runtime:
+        """The pool the table's plans were made for, else ECLIP's ladder for ``workers`` models."""
+        try:
+            layout = _table_layout(table)
+            if layout is not None:
+                return Runtime(backend, layout=layout, device_index=device_index)
+        except (KeyError, TypeError, ValueError) as e:  # LayoutError too: a layout made for another device
+            self.table_error = f"the plan table's pool layout does not fit this device ({e})"
+            log.error("%s; using the default layout: plans naming missing partitions fall back", self.table_error)
+        return Runtime(backend, workers=workers, device_index=device_index)
 
     def _load_all(self) -> None:
         candidates = self.selector.candidates()
@@ -306,6 +312,13 @@ class GpuWorker:
         self.runtime.close()
 
 
+def _table_layout(table: Any) -> Layout | None:
+    data = getattr(table, "layout", None)
+    if data is None or isinstance(data, Layout):
+        return data
+    return layout_from_dict(DeviceGeometry(sm_count=int(data["sm_count"])), data)
+
+
 def _read_only_view(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays; only copies read it
@@ -329,7 +342,9 @@ def _check_inputs(spec: ServedModel, example: Sequence[torch.Tensor]) -> None:
                 f"the model's inputs have {list(t.shape[1:])}"
             )
         if t.is_floating_point() != torch_dtype(info.datatype).is_floating_point:
-            raise ValueError(f"{spec.name!r}: input {info.name!r} is declared {info.datatype}; the model takes {t.dtype}")
+            raise ValueError(
+                f"{spec.name!r}: input {info.name!r} is declared {info.datatype}; the model takes {t.dtype}"
+            )
 
 
 def _default_datatype(t: torch.Tensor) -> str:
@@ -343,11 +358,11 @@ def _output_infos(spec: ServedModel, outputs: Sequence[torch.Tensor]) -> tuple[T
     if any(o.dim() == 0 or o.shape[0] != 1 for o in outputs):
         raise ValueError(f"{spec.name!r}: every output must keep the batch dimension first")
     if spec.outputs is None:
-        return tuple(
-            TensorInfo(f"output{i}", _default_datatype(o), tuple(o.shape[1:])) for i, o in enumerate(outputs)
-        )
+        return tuple(TensorInfo(f"output{i}", _default_datatype(o), tuple(o.shape[1:])) for i, o in enumerate(outputs))
     if len(spec.outputs) != len(outputs):
-        raise ValueError(f"{spec.name!r} is declared with {len(spec.outputs)} outputs; the model returns {len(outputs)}")
+        raise ValueError(
+            f"{spec.name!r} is declared with {len(spec.outputs)} outputs; the model returns {len(outputs)}"
+        )
     infos = []
     for info, o in zip(spec.outputs, outputs, strict=True):
         if info.shape is not None and tuple(o.shape[1:]) != info.shape:

@@ -34,11 +34,16 @@ class NvmlMeter(EnergyMeter):
     measure over windows of 10 s.
     """
 
-    def __init__(self, device_index: int = 0, min_window_s: float = 1.0) -> None:
+    def __init__(self, device_index: int = 0, min_window_s: float = 1.0, uuid: str | None = None) -> None:
         super().__init__()
         self._nv = nv = _nvml()
         nvml_call(nv.nvmlInit)
-        self._handle = nvml_call(nv.nvmlDeviceGetHandleByIndex, device_index)
+        # NVML numbers every GPU of the host; CUDA (and Ray, through CUDA_VISIBLE_DEVICES) only the visible
+        # ones, so a CUDA device is found by its UUID when one is given.
+        if uuid is not None:
+            self._handle = nvml_call(nv.nvmlDeviceGetHandleByUUID, uuid)
+        else:
+            self._handle = nvml_call(nv.nvmlDeviceGetHandleByIndex, device_index)
         self.min_window_s = min_window_s
         self._counter_j()  # fail at start, not in the first window, if the counter is not supported
 

@@ -37,6 +37,20 @@ def _as_tuple(out: object) -> tuple[torch.Tensor, ...]:
     raise TypeError(f"a served model must return a tensor or a tuple of tensors, not {type(out).__name__}")
 
 
+def check_plan(owner: str, calls: Sequence[CutPoint], pool: StreamPool, plan: Plan) -> None:
+    """Raise PlanError unless ``plan`` cuts at ``calls`` in execution order and names partitions of ``pool``."""
+    order = {c.id: i for i, c in enumerate(calls)}
+    unknown = [c for c in plan.cuts if c not in order]
+    if unknown:
+        raise PlanError(f"cut points {unknown[:5]} are not module calls of this model")
+    missing = [p for p in plan.partitions if p not in pool]
+    if missing:
+        raise PlanError(f"plan for {owner!r} names partitions {missing} that the pool lacks")
+    idx = [order[c] for c in plan.cuts]
+    if idx != sorted(idx):
+        raise PlanError(f"plan for {owner!r} lists its cut points out of execution order")
+
+
 @dataclass
 class CapturedGraph:
     """A plan captured at one batch size: replaying it runs a whole request."""
@@ -117,14 +131,7 @@ class ModelRunner:
 
     def validate(self, plan: Plan) -> None:
         """Raise PlanError unless every cut point and partition of ``plan`` exists."""
-        self._router.check(plan.cuts)
-        missing = [p for p in plan.partitions if p not in self.pool]
-        if missing:
-            raise PlanError(f"plan for {self.name!r} names partitions {missing} that the pool lacks")
-        order = {c.id: i for i, c in enumerate(self.calls)}
-        idx = [order[c] for c in plan.cuts]
-        if idx != sorted(idx):
-            raise PlanError(f"plan for {self.name!r} lists its cut points out of execution order")
+        check_plan(self.name, self.calls, self.pool, plan)
 
     def _streams(self, plan: Plan) -> list[torch.cuda.Stream]:
         return [self.pool.stream(p, owner=self.name) for p in plan.partitions]

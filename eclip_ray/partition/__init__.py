@@ -7,22 +7,57 @@ from eclip_ray.partition.backend import Partition, PartitionBackend
 from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec
 from eclip_ray.partition.pool import StreamPool
 
-BACKENDS = ("auto", "cuda", "cpu")
+BACKENDS = ("auto", "cuda", "rocm", "cpu")
+
+
+def choose_backend(torch_hip: str | None, torch_sees_gpu: bool, amd_gpus: int | None) -> str:
+    """The backend ``auto`` opens, from what torch and hip-python see.
+
+    ``rocm`` for a ROCm build of torch when hip-python finds an AMD GPU, ``cuda``
+    for a CUDA build that sees a GPU, else ``cpu``. ``amd_gpus`` is hip-python's
+    count (None: hip-python or the HIP runtime is missing). A ROCm torch that
+    sees a GPU hip-python cannot reach is an error, not a silent CPU run.
+    """
+    if torch_hip is None:
+        return "cuda" if torch_sees_gpu else "cpu"
+    if amd_gpus:
+        return "rocm"
+    if torch_sees_gpu:
+        raise BackendUnavailable(
+            "torch is a ROCm build and sees an AMD GPU, but hip-python "
+            + ("is missing: pip install 'eclip-ray[amd]'" if amd_gpus is None else "finds none")
+            + "; pass backend='cpu' to run without partitions"
+        )
+    return "cpu"
 
 
 def open_backend(name: str = "auto", device_index: int = 0) -> PartitionBackend:
-    """Open a partition backend by name: ``cuda``, ``cpu``, or ``auto`` (cuda when a GPU is seen, else cpu)."""
+    """Open a partition backend by name: ``cuda``, ``rocm``, ``cpu``, or ``auto`` (see :func:`choose_backend`)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-    if name in ("auto", "cuda"):
+    if name == "auto":
         import torch
 
-        if torch.cuda.is_available():
-            from eclip_ray.partition.cuda import CudaGreenBackend
+        amd_gpus = None
+        if torch.version.hip is not None:  # hip-python is only asked on ROCm builds of torch
+            from eclip_ray.partition.rocm import gpu_count
 
-            return CudaGreenBackend(device_index)
-        if name == "cuda":
+            amd_gpus = gpu_count()
+        name = choose_backend(torch.version.hip, torch.cuda.is_available(), amd_gpus)
+    if name == "rocm":
+        from eclip_ray.partition.rocm import RocmCuMaskBackend
+
+        return RocmCuMaskBackend(device_index)
+    if name == "cuda":
+        import torch
+
+        if torch.version.hip is not None:
+            raise BackendUnavailable("backend 'cuda' was asked for but torch is a ROCm build; use 'rocm'")
+        if not torch.cuda.is_available():
             raise BackendUnavailable("backend 'cuda' was asked for but torch sees no CUDA device")
+        from eclip_ray.partition.cuda import CudaGreenBackend
+
+        return CudaGreenBackend(device_index)
     from eclip_ray.partition.cpu import CpuBackend
 
     return CpuBackend()
@@ -36,5 +71,6 @@ __all__ = [
     "PartitionBackend",
     "PartitionSpec",
     "StreamPool",
+    "choose_backend",
     "open_backend",
 ]

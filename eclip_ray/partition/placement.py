@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eclip_ray.errors import BackendError
+from eclip_ray.errors import BackendError, BackendUnavailable
 from eclip_ray.partition.cuda import _driver, check
 from eclip_ray.partition.pool import StreamPool
 
@@ -88,6 +88,8 @@ def verify_pool(pool: StreamPool, blocks_per_sm: int = 4) -> dict[str, list[int]
     """Run the probe on every partition, store the SM ids on the partitions and return them by name."""
     if not pool.backend.partitions_sms:
         return {}
+    if pool.backend.name != "cuda":  # the probe reads %smid; AMD masks are checked by read-back (docs/amd.md)
+        raise BackendUnavailable(f"the placement probe runs on the cuda backend only, not {pool.backend.name!r}")
     device_index = pool.device.index or 0
     blocks = blocks_per_sm * pool.layout.geometry.sm_count
     seen = {}

@@ -3,9 +3,10 @@
 Pure Python (NumPy, SciPy): no CUDA and no Ray, so it runs and is tested anywhere.
 """
 
-from eclip_ray.planner.optimizer import MixPlan, PlannerSettings, WorkerPlan, optimize
+from eclip_ray.planner.optimizer import MixPlan, WorkerPlan, optimize
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
 from eclip_ray.planner.table import PlanTable, build_plan_table
 
 __all__ = [

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eclip_ray.partition.layout import WHOLE, disjoint
+from eclip_ray.partition.layout import disjoint
 from eclip_ray.planner import cost, timing
 from eclip_ray.planner.cost import Mix, Prediction, Worker
 from eclip_ray.planner.grouping import Group
-from eclip_ray.planner.search import on_partition
+from eclip_ray.planner.search import everyone_whole
 
 NAMES = ("time-share", "multi-stream", "model-wise")
 UNTARGETED_SLACK = 3.0
@@ -37,7 +37,7 @@ class Baseline:
 
 def predict(mix: Mix) -> dict[str, Baseline]:
     """Every baseline of ``mix``, by name."""
-    whole = on_partition(mix, lambda w: mix.layout.names.index(WHOLE))
+    whole = everyone_whole(mix)
     return {
         "time-share": Baseline("time-share", cost.sequential(mix, whole)),
         "multi-stream": Baseline("multi-stream", cost.evaluate(mix, whole)),
@@ -61,7 +61,7 @@ def model_wise(mix: Mix) -> Baseline:
         return Baseline("model-wise", None, f"the partitions {counts} need more than the device's {g.sm_count} SMs")
     layout = disjoint(g, counts, [f"mw{i}" for i in range(len(counts))])  # type: ignore[arg-type]
     workers = tuple(_one_stage(w, i, c) for i, (w, c) in enumerate(zip(mix.workers, counts, strict=True)))  # type: ignore[arg-type]
-    alone = Mix(layout, workers, mix.interference, mix.power, mix.power_note)
+    alone = Mix(layout, workers, mix.interference, mix.power, mix.power_note, mix.solo_ms)
     return Baseline("model-wise", cost.evaluate(alone, tuple((i,) for i in range(len(workers)))))
 
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
+from eclip_ray.models.zoo import canonical
 from eclip_ray.partition.layout import DeviceGeometry, Layout, ladder
 from eclip_ray.planner import baselines, catalog
 from eclip_ray.planner.baselines import Baseline
 from eclip_ray.planner.objective import OBJECTIVES
-from eclip_ray.planner.optimizer import MixPlan, PlannerSettings, WorkerPlan, optimize
+from eclip_ray.planner.optimizer import MixPlan, WorkerPlan, optimize
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
+from eclip_ray.planner.table import build_plan_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,8 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--objective", default="throughput", choices=OBJECTIVES)
     p.add_argument("--switch-budget", type=int, default=PlannerSettings.switch_budget)
     p.add_argument("--max-groups", type=int, default=PlannerSettings.max_groups, help="kernel groups per model")
-    p.add_argument("--interference", type=float, default=PlannerSettings.interference,
-                   help="slowdown when a co-located model keeps all of a partition's SMs busy (1: twice as long)")  # fmt: skip
+    p.add_argument(
+        "--interference",
+        type=float,
+        default=PlannerSettings.interference,
+        help="slowdown when a co-located model keeps all of a partition's SMs busy (1: twice as long)",
+    )
+    p.add_argument("--time-limit-s", type=float, default=PlannerSettings.time_limit_s, help="per MILP")
     p.add_argument("--fractions", default="0.25,0.5,0.75", help="the pool's per-worker partition sizes (of the GPU)")
     p.add_argument("--plot", type=Path, default=None, help="draw the plan to this file (PNG, PDF, SVG)")
     p.add_argument("--table", type=Path, default=None, help="also write the plan table of every sub-mix (JSON)")
@@ -58,17 +67,28 @@ def instance_names(models: Sequence[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eclip_ray.models.zoo import canonical
+    """Plan the mix of ``args`` and print it; 2 with the reason on stderr when it cannot be planned."""
+    try:
+        return _plan(args)
+    except PlanError as e:
+        print(f"eclip-ray plan: {e}", file=sys.stderr)
+        return 2
 
+
+def _plan(args: argparse.Namespace) -> int:
     models = [canonical(m.strip()) for m in args.models.split(",") if m.strip()]
     names = instance_names(models)
     slos = dict(zip(names, _split(args.slo_ms, len(models), "--slo-ms", float), strict=True))
     batches = _split(args.batch_size, len(models), "--batch-size", int)
     directory = catalog.profile_dir(args.profiles)
-    profiles = {n: catalog.load_profile(directory, m, b, args.dtype) for n, m, b in zip(names, models, batches, strict=True)}  # noqa: E501
+    profiles = {
+        n: catalog.load_profile(directory, m, b, args.dtype) for n, m, b in zip(names, models, batches, strict=True)
+    }
     power, note = catalog.load_power(directory)
     layout = _layout(profiles, args.fractions)
-    settings = PlannerSettings(args.switch_budget, args.max_groups, interference=args.interference)
+    settings = PlannerSettings(
+        args.switch_budget, args.max_groups, interference=args.interference, time_limit_s=args.time_limit_s
+    )
     plan = optimize(profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings)
     print(report(plan, layout, baselines.predict(plan.mix), directory))
     if args.plot:
@@ -76,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"\nplot: {draw(plan, args.plot)}")
     if args.table:
-        from eclip_ray.planner.table import build_plan_table
-
-        table = build_plan_table(profiles, layout, slos, args.objective, power=power, power_note=note,
-                                 settings=settings, skip_infeasible=True)  # fmt: skip
+        table = build_plan_table(
+            profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings,
+            skip_infeasible=True,
+        )
         print(f"plan table: {len(table)} mixes, {len(table.skipped)} without a plan -> {table.save(args.table)}")
     return 0
 
@@ -93,21 +113,24 @@ def _layout(profiles: dict[str, ModelProfile], fractions: str) -> Layout:
 
 def report(plan: MixPlan, layout: Layout, base: dict[str, Baseline], directory: Path) -> str:
     """The plan, its prediction and the predicted gains over the baselines, as text."""
-    lines = [f"profiles: {directory}", "pool: " + ", ".join(f"{p.name} [{p.start},{p.stop})" for p in layout.partitions)]
-    lines.append(f"objective: {plan.objective}\n")
+    pool = ", ".join(f"{p.name} [{p.start},{p.stop})" for p in layout.partitions)
+    lines = [f"profiles: {directory}", f"pool: {pool}", f"objective: {plan.objective}", ""]
     for w in plan.workers.values():
-        lines += _worker_table(plan, w) + [""]
-    lines += _summary(plan) + [""] + _gains(plan, base)
+        lines += [*_worker_table(plan, w), ""]
+    lines += [*_summary(plan), "", *_gains(plan, base)]
     return "\n".join(lines)
 
 
 def _worker_table(plan: MixPlan, w: WorkerPlan) -> list[str]:
     slo = next(x.slo_ms for x in plan.mix.workers if x.name == w.name)
-    head = (f"{w.name} ({w.model}, batch {w.batch_size}, worker {w.slot}): {len(w.stages)} stages, "
-            f"{w.plan.switches} switches, predicted {plan.predicted.latency_ms[w.name]:.3f} ms"
-            + (f" (SLO {slo:g} ms)" if slo is not None else ""))  # fmt: skip
-    rows = [head, f"  {'groups':>9} {'units':>9} {'kernels':>7}  {'partition':<9} {'SMs':>9} {'start ms':>9} "
-            f"{'ms':>8}  modules"]  # fmt: skip
+    head = (
+        f"{w.name} ({w.model}, batch {w.batch_size}, worker {w.slot}): {len(w.stages)} stages, "
+        f"{w.plan.switches} switches, predicted {plan.predicted.latency_ms[w.name]:.3f} ms"
+    )
+    if slo is not None:
+        head += f" (SLO {slo:g} ms)"
+    columns = f"  {'groups':>9} {'units':>9} {'kernels':>7}  {'partition':<9} {'SMs':>9} {'start ms':>9} {'ms':>8}"
+    rows = [head, columns + "  modules"]
     for s in w.stages:
         rows.append(
             f"  {s.groups[0]:>4}-{s.groups[1] - 1:<4} {s.units[0]:>4}-{s.units[1] - 1:<4} {s.kernels:>7}  "
@@ -120,7 +143,8 @@ def _worker_table(plan: MixPlan, w: WorkerPlan) -> list[str]:
 def _summary(plan: MixPlan) -> list[str]:
     p = plan.predicted
     energy = f"{p.energy_j:.4f} J/inference" if p.energy_j is not None else f"energy n/a ({p.energy_note})"
-    return [f"predicted: round {p.round_ms:.3f} ms, {p.throughput:.1f} inferences/s, {energy}"]
+    proof = "" if plan.optimal else " (MILP stopped at its time limit: best plan found, not proven optimal)"
+    return [f"predicted: {p.throughput:.1f} inferences/s, {energy}{proof}"]
 
 
 def _gains(plan: MixPlan, base: dict[str, Baseline]) -> list[str]:

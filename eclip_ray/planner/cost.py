@@ -1,38 +1,43 @@
 """The cost model: predicted latency, throughput and energy of a mix under a plan.
 
-A *mix* is the set of co-located model instances (workers). They run in rounds:
-each worker serves one request (one batch) per round, all start together, and
-the round lasts as long as the slowest worker (``round_ms``). Throughput is the
-inferences of one round over its length.
+A *mix* is the set of co-located model instances (workers). Each runs a closed
+loop: it issues its next request (one batch) as soon as the last one ends, so
+its rate is ``batch / latency`` and the mix's throughput is the sum of rates.
 
 A worker's latency is the sum of its groups' times on their partitions, plus
 ``switch_ms`` per partition switch, plus the slowdown co-located workers cause:
 ECLIP's ``beta (1 + alpha)``. Here ``alpha`` of a group on partition ``p`` is
 ``interference`` times the fraction of ``p``'s SMs the other workers keep busy
-on average over the round. Worker ``v`` keeps ``W_v(q) / (n_q * round)`` of
-partition ``q``'s SMs busy (``W_v(q)``: SM-ms of work of its groups on ``q``),
-spread evenly over ``q``; ``p`` shares ``overlap(p, q)`` SMs with ``q``. So
+on average (ECLIP's CUAverage). Worker ``v`` keeps ``W_v(q) / (n_q S_v)`` of
+partition ``q``'s SMs busy, spread evenly over ``q`` (``W_v(q)``: SM-ms of work
+of its groups on ``q``; ``S_v``: its latency alone on the whole GPU, a constant
+of the worker); ``p`` shares ``overlap(p, q)`` SMs with ``q``. So
 
-    alpha_w(p) = interference / round * sum_{v != w} sum_q W_v(q) overlap(p, q) / (n_p n_q)
+    alpha_w(p) = interference * sum_{v != w} sum_q W_v(q) overlap(p, q) / (n_p n_q S_v)
 
 Two saturating kernels on the same SMs each take twice as long (alpha = 1), as
 ECLIP measured; launch-bound groups (little work for their time) slow their
-neighbours little. With ``a_w`` the worker's time alone and ``b_w / round``
-its slowdown, ``round = max_w (a_w + b_w / round)``, solved in closed form.
+neighbours little. Because ``S_v`` does not depend on the plan, the slowdown is
+bilinear in the plan and the MILP can be exact. On the H100 validation run
+(benchmarks/results/h100/validation.json: 7 mixes, multi-stream and planned)
+this predicts the measured p50 latencies with a median error of 10% and the
+throughputs with 6%.
 
-Energy per round is ``idle_w * round`` plus every group's work times the
-dynamic power per busy SM of its partition's size (see ``power.py``).
+Energy: the board draws ``idle_w`` plus the dynamic power of the SMs busy on
+average, ``N = sum_w W_w / L_w`` (``power.py``); per inference that is
+``(idle_w + dynamic(N)) / sum_w (b_w / L_w)``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from eclip_ray.graph.plan import Plan
-from eclip_ray.partition.layout import Layout
+from eclip_ray.partition.layout import WHOLE, Layout
 from eclip_ray.planner.grouping import Group
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
@@ -86,6 +91,7 @@ class Mix:
     interference: float = 1.0
     power: PowerModel | None = None
     power_note: str = "no power model given"
+    solo_ms: tuple[float, ...] = ()  # S_v per worker; empty: each one's latency alone on the whole GPU
     counts: np.ndarray = field(init=False)
     share: np.ndarray = field(init=False)  # overlap(p, q) / (n_p n_q)
 
@@ -95,37 +101,39 @@ class Mix:
         overlap = np.array([[a.overlap(b) for b in parts] for a in parts], dtype=float)
         object.__setattr__(self, "counts", counts)
         object.__setattr__(self, "share", overlap / np.outer(counts, counts))
+        if not self.solo_ms:
+            whole = self.layout.names.index(WHOLE)
+            object.__setattr__(self, "solo_ms", tuple(float(w.ms[:, w.column(whole)].sum()) for w in self.workers))
 
-    def watts_per_sm(self) -> np.ndarray | None:
-        """Dynamic W per busy SM on each layout partition, or None without a power model."""
-        if self.power is None:
-            return None
-        return np.array([self.power.watts_per_sm(int(n)) for n in self.counts])
+    def without_slos(self) -> Mix:
+        """The same mix with no SLOs."""
+        free = tuple(replace(w, slo_ms=None) for w in self.workers)
+        return Mix(self.layout, free, self.interference, self.power, self.power_note, self.solo_ms)
 
-    def by_slot(self) -> list[int]:
-        return [w.slot for w in self.workers]
+    def only(self, i: int) -> Mix:
+        """Worker ``i`` alone on the same layout (its occupancy scale kept)."""
+        return Mix(self.layout, (self.workers[i],), self.interference, self.power, self.power_note, (self.solo_ms[i],))
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """What the cost model predicts for one round of a mix."""
+    """What the cost model predicts for a mix, every model in its closed loop."""
 
-    round_ms: float
     latency_ms: dict[str, float]
     switches: dict[str, int]
-    throughput: float  # inferences per second
+    throughput: float  # inferences per second, every worker in its closed loop
     energy_j: float | None  # per inference
     energy_note: str  # why energy_j is None; empty otherwise
-    dynamic_mj: float | None  # dynamic energy of one round
+    busy_sms: float  # SMs busy on average, over the device
 
     def to_dict(self) -> dict:
         return {
-            "round_ms": self.round_ms,
             "latency_ms": self.latency_ms,
             "switches": self.switches,
             "throughput": self.throughput,
             "energy_j": self.energy_j,
             "energy_note": self.energy_note,
+            "busy_sms": self.busy_sms,
         }
 
 
@@ -147,13 +155,14 @@ def work_on(mix: Mix, state: State) -> np.ndarray:
 
 
 def switches(state: State) -> list[int]:
-    return [sum(a != b for a, b in zip(c, c[1:], strict=False)) for c in state]
+    return [sum(a != b for a, b in itertools.pairwise(c)) for c in state]
 
 
-def received(mix: Mix, work: np.ndarray, round_ms: float) -> np.ndarray:
+def received(mix: Mix, work: np.ndarray) -> np.ndarray:
     """``alpha[worker, partition]``: slowdown each worker would see on each partition."""
-    others = work.sum(axis=0)[None, :] - work
-    return mix.interference / round_ms * others @ mix.share.T
+    busy = work / np.asarray(mix.solo_ms)[:, None]  # SM-ms of work per ms of each worker's loop
+    others = busy.sum(axis=0)[None, :] - busy
+    return mix.interference * others @ mix.share.T
 
 
 def alone_ms(mix: Mix, state: State) -> np.ndarray:
@@ -163,42 +172,32 @@ def alone_ms(mix: Mix, state: State) -> np.ndarray:
 
 
 def evaluate(mix: Mix, state: State) -> Prediction:
-    """Predict one round of ``mix`` with every worker running concurrently under ``state``."""
-    a = alone_ms(mix, state)
+    """Predict ``mix`` with every worker in its closed loop, concurrently, under ``state``."""
     work = work_on(mix, state)
-    # b[w] * (1/round) is w's slowdown; it is linear in 1/round, so round = max_w (a + b / round) has a closed form.
-    b = (time_on(mix, state) * received(mix, work, 1.0)).sum(axis=1)
-    round_ms = float(((a + np.sqrt(a * a + 4 * b)) / 2).max())
-    latency = a + b / round_ms
-    return _prediction(mix, state, round_ms, latency, work)
-
-
-def _prediction(mix: Mix, state: State, round_ms: float, latency: np.ndarray, work: np.ndarray) -> Prediction:
-    inferences = sum(w.batch_size for w in mix.workers)
-    dyn = dynamic_mj(mix, work)
-    energy = None if dyn is None else (mix.power.idle_w * round_ms + dyn) / 1e3 / inferences  # type: ignore[union-attr]
-    return Prediction(
-        round_ms=round_ms,
-        latency_ms={w.name: float(x) for w, x in zip(mix.workers, latency, strict=True)},
-        switches={w.name: s for w, s in zip(mix.workers, switches(state), strict=True)},
-        throughput=1e3 * inferences / round_ms,
-        energy_j=energy,
-        energy_note="" if dyn is not None else mix.power_note,
-        dynamic_mj=dyn,
-    )
-
-
-def dynamic_mj(mix: Mix, work: np.ndarray) -> float | None:
-    """Dynamic energy of the work ``work[worker, partition]`` (SM-ms), in mJ; None without a power model."""
-    per_sm = mix.watts_per_sm()
-    return None if per_sm is None else float((work.sum(axis=0) * per_sm).sum())
+    latency = alone_ms(mix, state) + (time_on(mix, state) * received(mix, work)).sum(axis=1)
+    return _prediction(mix, state, latency, latency, work)
 
 
 def sequential(mix: Mix, state: State) -> Prediction:
-    """Predict one round with the workers taking turns on the device (no overlap, no slowdown).
+    """Predict the workers taking turns on one stream: each request waits for one turn of every other."""
+    period = float(alone_ms(mix, state).sum())
+    every = np.full(len(mix.workers), period)
+    return _prediction(mix, state, every, every, work_on(mix, state))
 
-    A worker's latency counts the turns before its own, in mix order: its request
-    waits for them.
-    """
-    a = alone_ms(mix, state)
-    return _prediction(mix, state, float(a.sum()), np.cumsum(a), work_on(mix, state))
+
+def _prediction(mix: Mix, state: State, latency: np.ndarray, period: np.ndarray, work: np.ndarray) -> Prediction:
+    """``period[w]``: ms between two requests of worker ``w`` (its latency, in a closed loop of its own)."""
+    batch = np.array([w.batch_size for w in mix.workers], dtype=float)
+    rate = batch / period  # inferences per ms
+    busy = float((work.sum(axis=1) / period).sum())
+    energy = None
+    if mix.power is not None:
+        energy = (mix.power.idle_w + mix.power.dynamic_w(busy)) / float(rate.sum()) / 1e3  # W / (inf/ms) = mJ
+    return Prediction(
+        latency_ms={w.name: float(x) for w, x in zip(mix.workers, latency, strict=True)},
+        switches={w.name: s for w, s in zip(mix.workers, switches(state), strict=True)},
+        throughput=1e3 * float(rate.sum()),
+        energy_j=energy,
+        energy_note="" if mix.power is not None else mix.power_note,
+        busy_sms=busy,
+    )

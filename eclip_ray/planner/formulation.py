@@ -1,18 +1,18 @@
-"""The optimizer's MILP for one mix at an assumed round time (docs/optimizer.md has the math).
+"""The optimizer's MILP for one mix (docs/optimizer.md has the math).
 
 Per worker ``w``: binaries ``x[g, p]`` (group ``g`` on the ``p``-th partition
-``w`` may use) with one partition per group; switch indicators ``s[g, p] >=
-|x[g, p] - x[g-1, p]|`` (continuous: at integral ``x`` the least ``s`` is
-exactly the indicator) with ``sum s <= 2 * budget``; the other workers'
-expected busy SMs on each of its partitions, ``e[p]`` (linear in their ``x``);
-and ``y[g, p] = x[g, p] * e[p]``, linearised exactly by
-``y >= e - M_p (1 - x)``, ``y >= 0`` (``y`` only ever costs, so it sits on
-that bound). Then
+``w`` may use), one partition per group; switch indicators ``s[g, p] >=
+|x[g, p] - x[g-1, p]|`` (continuous: at integral ``x`` the least ``s`` is the
+indicator) with ``sum s <= 2 * budget``; per other worker ``v``, its work on
+each of its partitions ``busy_v[q]`` (linear in its ``x``) and the products
+``y[g, p, q] = x[g, p] * busy_v[q]``, made exact by the two RLT equalities of
+``_slowdown``. Then
 
-    latency_w = sum t x + interference / round_ms * sum t y + switch_ms / 2 * sum s
+    latency_w = sum t x + interference * sum_v sum t share[p, q] y_v / S_v + switch_ms / 2 * sum s
 
-with ``latency_w <= z`` (``z``: the round time) and ``latency_w <= slo_w``
-(in elastic mode ``latency_w - slack_w <= slo_w``, the slack heavily penalised).
+with ``latency_w <= slo_w`` (in elastic mode ``latency_w - slack_w <=
+slo_w``, the slack heavily penalised). The objective is ``sum_w c_w latency_w``
+(``objective.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from eclip_ray.planner.cost import Mix, State
 from eclip_ray.planner.milp import Program
 from eclip_ray.planner.objective import Weights
 
-# Weight of one SLO's relative violation in elastic mode, against an objective
-# normalised to about 1: large enough that violations always dominate.
+# Weight of one SLO's relative violation in elastic mode, against an objective scaled
+# to 1 at the plan it starts from: large enough that violations dominate.
 ELASTIC_PENALTY = 1e3
 
 
@@ -34,7 +34,6 @@ ELASTIC_PENALTY = 1e3
 class Formulation:
     program: Program
     x: list[np.ndarray]  # per worker, [group, allowed partition] variable indices
-    scale: float
 
     def decode(self, mix: Mix, values: np.ndarray) -> State:
         return tuple(
@@ -42,28 +41,22 @@ class Formulation:
         )
 
 
-def build(mix: Mix, round_ms: float, w: Weights, budget: int, elastic: bool = False) -> Formulation:
-    """The MILP of ``mix`` with the slowdown scaled for a round of ``round_ms``."""
+def build(mix: Mix, w: Weights, budget: int, elastic: bool = False) -> Formulation:
+    """The MILP of ``mix`` for objective weights ``w`` and ``budget`` switches per request."""
     prog = Program()
     xs = [prog.var((len(wk.groups), len(wk.parts)), 0.0, 1.0, integer=True) for wk in mix.workers]
-    z = int(prog.var(1)[0])
-    prog.cost([z], w.round)
     busy = _busy(prog, mix, xs) if len(mix.workers) > 1 and mix.interference > 0 else None
-    per_sm = mix.watts_per_sm()
     for i, wk in enumerate(mix.workers):
         _one_per_group(prog, xs[i])
-        cols, vals = _latency(prog, mix, i, xs, busy, round_ms, budget)
-        prog.row([*cols, z], [*vals, -1.0], -np.inf, 0.0)
-        prog.cost(cols, np.asarray(vals) * w.latency)
+        cols, vals = _latency(prog, mix, i, xs, busy, budget)
+        prog.cost(cols, np.asarray(vals) * w.latency[i])
         if wk.slo_ms is not None:
-            _slo(prog, cols, vals, wk.slo_ms, w, elastic)
-        if per_sm is not None and w.dynamic:
-            prog.cost(xs[i], w.dynamic * np.outer(wk.work, per_sm[list(wk.parts)]))
-    return Formulation(prog, xs, w.scale)
+            _slo(prog, cols, vals, wk.slo_ms, elastic)
+    return Formulation(prog, xs)
 
 
 def _latency(
-    prog: Program, mix: Mix, i: int, xs: list[np.ndarray], busy: np.ndarray | None, round_ms: float, budget: int
+    prog: Program, mix: Mix, i: int, xs: list[np.ndarray], busy: np.ndarray | None, budget: int
 ) -> tuple[list[int], list[float]]:
     wk, x = mix.workers[i], xs[i]
     cols, vals = x.ravel().tolist(), wk.ms.ravel().tolist()
@@ -71,10 +64,9 @@ def _latency(
     cols += s.ravel().tolist()
     vals += [wk.switch_ms / 2] * s.size
     if busy is not None:
-        y = _slowdown_vars(prog, mix, i, x, busy)
-        if y is not None:
-            cols += y.ravel().tolist()
-            vals += (mix.interference / round_ms * wk.ms).ravel().tolist()
+        more_cols, more_vals = _slowdown(prog, mix, i, x, busy)
+        cols += more_cols
+        vals += more_vals
     return cols, vals
 
 
@@ -105,45 +97,40 @@ def _busy(prog: Program, mix: Mix, xs: list[np.ndarray]) -> np.ndarray:
     return busy
 
 
-def _slowdown_vars(prog: Program, mix: Mix, i: int, x: np.ndarray, busy: np.ndarray) -> np.ndarray | None:
-    """``y[g, p] = x[g, p] * e[p]``, ``e[p]`` the others' expected busy SMs on ``p`` per SM of ``p``, times round."""
+def _slowdown(prog: Program, mix: Mix, i: int, x: np.ndarray, busy: np.ndarray) -> tuple[list[int], list[float]]:
+    """Latency terms of the slowdown ``sum t[g, p] x[g, p] alpha(p)``, linearised exactly.
+
+    ``y[g, p, q] = x[g, p] * busy_v[q]`` for every other worker ``v``, bound by
+    the two products of the assignment equalities (RLT): ``sum_q y[g, p, q] =
+    W_v x[g, p]`` (v's work is all somewhere) and ``sum_p y[g, p, q] =
+    busy_v[q]`` (group g is on one partition). With ``y >= 0`` these imply
+    both McCormick bounds and make the relaxation far tighter than a big-M.
+    """
     wk = mix.workers[i]
-    y = prog.var(x.shape)
-    any_overlap = False
-    for j, p in enumerate(wk.parts):
-        cols, coefs = _exposure(mix, i, p, busy)
-        if not cols:
-            continue  # no other worker can run on p's SMs: y stays 0
-        any_overlap = True
-        big_m = _big_m(mix, i, p)
-        for g in range(x.shape[0]):
-            # y >= e - M (1 - x)  <=>  y - e - M x >= -M
-            prog.row([y[g, j], *cols, x[g, j]], [1.0, *(-c for c in coefs), -big_m], -big_m, np.inf)
-    return y if any_overlap else None
-
-
-def _exposure(mix: Mix, i: int, p: int, busy: np.ndarray) -> tuple[list[int], list[float]]:
-    cols, coefs = [], []
+    cols: list[int] = []
+    vals: list[float] = []
     for v, other in enumerate(mix.workers):
         if v == i:
             continue
-        for q in other.parts:
-            if mix.share[p, q] > 0:
-                cols.append(int(busy[v, q]))
-                coefs.append(float(mix.share[p, q]))
-    return cols, coefs
+        y = prog.var((len(wk.groups), len(wk.parts), len(other.parts)))
+        total = float(other.work.sum())
+        for g in range(y.shape[0]):
+            for j in range(y.shape[1]):
+                prog.row([*y[g, j], x[g, j]], [*([1.0] * y.shape[2]), -total], 0.0, 0.0)
+            for k, q in enumerate(other.parts):
+                prog.row([*y[g, :, k], busy[v, q]], [*([1.0] * y.shape[1]), -1.0], 0.0, 0.0)
+        share = mix.share[np.ix_(list(wk.parts), list(other.parts))]  # [p, q]
+        coef = mix.interference / mix.solo_ms[v] * wk.ms[:, :, None] * share[None, :, :]
+        keep = coef.ravel() != 0
+        cols += y.ravel()[keep].tolist()
+        vals += coef.ravel()[keep].tolist()
+    return cols, vals
 
 
-def _big_m(mix: Mix, i: int, p: int) -> float:
-    return sum(
-        float(o.work.sum()) * max(mix.share[p, q] for q in o.parts) for v, o in enumerate(mix.workers) if v != i
-    )
-
-
-def _slo(prog: Program, cols: list[int], vals: list[float], slo_ms: float, w: Weights, elastic: bool) -> None:
+def _slo(prog: Program, cols: list[int], vals: list[float], slo_ms: float, elastic: bool) -> None:
     if not elastic:
         prog.row(cols, vals, -np.inf, slo_ms)
         return
     slack = int(prog.var(1)[0])
     prog.row([*cols, slack], [*vals, -1.0], -np.inf, slo_ms)
-    prog.cost([slack], ELASTIC_PENALTY * w.scale / slo_ms)
+    prog.cost([slack], ELASTIC_PENALTY / slo_ms)

@@ -19,6 +19,7 @@ from eclip_ray.planner.cost import DEFAULT_SWITCH_MS, Mix, Worker
 from eclip_ray.planner.grouping import group_units
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
 
 
 def allowed(layout: Layout, slot: int) -> tuple[int, ...]:
@@ -39,18 +40,17 @@ def make_worker(
     slot: int,
     *,
     slo_ms: float | None = None,
-    max_groups: int = 30,
-    knee_tol: float = 0.1,
-    switch_ms: float | None = None,
+    settings: PlannerSettings | None = None,
 ) -> Worker:
     """Group ``profile``'s units and cost every group on each partition worker ``slot`` may use."""
+    s = settings or PlannerSettings()
     parts = allowed(layout, slot)
     counts = [layout.partitions[i].count for i in parts]
     unit_ms = timing.unit_ms(profile, counts)
     distinct = sorted(set(counts))
     label_cols = [counts.index(c) for c in distinct]
     cuts = [u.cut for u in profile.units]
-    groups = group_units(unit_ms[:, label_cols], distinct, cuts, max_groups, knee_tol)
+    groups = group_units(unit_ms[:, label_cols], distinct, cuts, s.max_groups, s.knee_tol)
     unit_work = timing.unit_work(profile)
     return Worker(
         name=name,
@@ -60,7 +60,7 @@ def make_worker(
         parts=parts,
         ms=np.array([unit_ms[g.first : g.stop].sum(axis=0) for g in groups]),
         work=np.array([unit_work[g.first : g.stop].sum() for g in groups]),
-        switch_ms=_switch_ms(profile, switch_ms),
+        switch_ms=_switch_ms(profile, s.switch_ms),
         slo_ms=slo_ms,
     )
 
@@ -79,10 +79,7 @@ def build_mix(
     slo_ms: Mapping[str, float | None] | None = None,
     power: PowerModel | None = None,
     power_note: str = "no power model given",
-    interference: float = 1.0,
-    max_groups: int = 30,
-    knee_tol: float = 0.1,
-    switch_ms: float | None = None,
+    settings: PlannerSettings | None = None,
 ) -> Mix:
     """Cost every model instance of ``profiles`` (instance name -> profile) on ``layout``.
 
@@ -95,11 +92,9 @@ def build_mix(
     if sorted(slots[n] for n in profiles) != sorted(set(slots[n] for n in profiles)):
         raise PlanError(f"two model instances share a worker slot: {slots}")
     slo_ms = slo_ms or {}
+    s = settings or PlannerSettings()
     workers = tuple(
-        make_worker(
-            name, prof, layout, slots[name],
-            slo_ms=slo_ms.get(name), max_groups=max_groups, knee_tol=knee_tol, switch_ms=switch_ms,
-        )
+        make_worker(name, prof, layout, slots[name], slo_ms=slo_ms.get(name), settings=s)
         for name, prof in profiles.items()
-    )  # fmt: skip
-    return Mix(layout, workers, interference, power, power_note if power is None else "")
+    )
+    return Mix(layout, workers, s.interference, power, power_note if power is None else "")

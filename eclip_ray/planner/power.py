@@ -5,9 +5,12 @@ Read from ``power.json`` next to the profiles::
     {"idle_w": 90.0, "active_w": {"32": 210.0, "64": 330.0, "96": 450.0, "132": 560.0}}
 
 ``active_w[n]`` is the whole board's power while a compute-bound kernel keeps
-``n`` SMs busy. Busy SMs are charged ``(active_w[n] - idle_w) / n`` watts each,
-interpolated linearly in ``n`` (with no dynamic power at 0 SMs); above the
-largest measured count nothing is extrapolated.
+``n`` SMs busy. The dynamic power of ``N`` busy SMs, wherever they are, is
+``active_w(N) - idle_w``, interpolated linearly in ``N`` from 0 W at 0 SMs and
+held at the largest measured count beyond it (the board's power limit caps
+it there). On the H100 a mix drew the same power under plans that placed its
+models very differently (benchmarks/results/h100/validation.json), so power
+follows how many SMs are busy, not which.
 """
 
 from __future__ import annotations
@@ -37,13 +40,20 @@ class PowerModel:
         if low:
             raise PlanError(f"power model: active_w {low} must be at counts > 0 and at least idle_w {self.idle_w}")
 
-    def watts_per_sm(self, n: int) -> float:
-        """Dynamic power of one busy SM when ``n`` SMs are busy, in W."""
+    def dynamic_w(self, busy_sms: float) -> float:
+        """Power above idle, in W, with ``busy_sms`` SMs busy on average (anywhere on the device)."""
         counts = sorted(self.active_w)
-        if n > counts[-1] or n <= 0:
-            raise PlanError(f"power model measured up to {counts[-1]} SMs; {n} SMs is outside it")
         dyn = [0.0] + [self.active_w[c] - self.idle_w for c in counts]
-        return float(np.interp(n, [0, *counts], dyn)) / n
+        return float(np.interp(max(busy_sms, 0.0), [0, *counts], dyn))
+
+    def marginal_w(self, busy_sms: float) -> float:
+        """Extra W for one more busy SM at ``busy_sms`` (0 past the largest measured count)."""
+        counts = [0, *sorted(self.active_w)]
+        dyn = [0.0] + [self.active_w[c] - self.idle_w for c in counts[1:]]
+        for lo, hi, a, b in zip(counts, counts[1:], dyn, dyn[1:], strict=False):
+            if busy_sms < hi:
+                return (b - a) / (hi - lo)
+        return 0.0
 
     def to_dict(self) -> dict:
         return {"idle_w": self.idle_w, "active_w": {str(n): w for n, w in sorted(self.active_w.items())}}

@@ -54,8 +54,10 @@ def profile(
     out = []
     for i, row in enumerate(t):
         share = rng.dirichlet(np.ones(kernels_per_unit))
-        kernels = [{"name": f"k{i}_{j}", "ms": {str(s): float(x * f) for s, x in zip(sizes, row, strict=True)}}
-                   for j, f in enumerate(share)]  # fmt: skip
+        kernels = [
+            {"name": f"k{i}_{j}", "ms": {str(s): float(x * f) for s, x in zip(sizes, row, strict=True)}}
+            for j, f in enumerate(share)
+        ]
         cut = None if i == 0 else f"layer{i}#0"
         out.append(Unit(cut, f"layer{i}", {s: _stat(float(x)) for s, x in zip(sizes, row, strict=True)}, kernels))
     totals = {s: _stat(float(t[:, j].sum() * (1 + gap))) for j, s in enumerate(sizes)}

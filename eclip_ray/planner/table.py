@@ -21,9 +21,10 @@ from typing import Any
 from eclip_ray.errors import InfeasibleSLO, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.partition.layout import Layout
-from eclip_ray.planner.optimizer import PlannerSettings, optimize
+from eclip_ray.planner.optimizer import optimize
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
 
 SCHEMA = 1
 MixKey = frozenset[tuple[str, int]]
@@ -65,7 +66,7 @@ class PlanTable:
         return None if entry is None else dict(entry.plans)
 
     def predicted(self, active: Mapping[str, int]) -> dict[str, Any] | None:
-        """What the cost model predicts for the active set's plans (round, throughput, latency, energy)."""
+        """What the cost model predicts for the active set's plans (throughput, latency, energy)."""
         entry = self.entries.get(mix_key(active))
         return None if entry is None else dict(entry.predicted)
 
@@ -138,6 +139,12 @@ def sub_mixes(batches: Mapping[str, Sequence[int]]) -> Iterable[dict[str, int]]:
                 yield dict(zip(subset, combo, strict=True))
 
 
+def full_mixes(batches: Mapping[str, Sequence[int]]) -> Iterable[dict[str, int]]:
+    """Every instance active, at every combination of their batch sizes."""
+    for combo in itertools.product(*(sorted(b) for b in batches.values())):
+        yield dict(zip(batches, combo, strict=True))
+
+
 def _by_batch(profiles: Mapping[str, ModelProfile | Sequence[ModelProfile]]) -> dict[str, dict[int, ModelProfile]]:
     out: dict[str, dict[int, ModelProfile]] = {}
     for name, ps in profiles.items():
@@ -171,18 +178,22 @@ def build_plan_table(
     slots = {n: i for i, n in enumerate(by_batch)}
     table = PlanTable(layout.to_dict(), objective, slots)
     full = {n: sorted(b) for n, b in by_batch.items()}
-    mixes = list(sub_mixes(full)) if sub_mixes_too else [dict(zip(full, c, strict=True)) for c in itertools.product(*full.values())]
-    for active in mixes:
-        chosen = {n: by_batch[n][b] for n, b in active.items()}
+    for active in sub_mixes(full) if sub_mixes_too else full_mixes(full):
         try:
             plan = optimize(
-                chosen, layout, {n: (slo_ms or {}).get(n) for n in active}, objective,
-                power=power, power_note=power_note, slots={n: slots[n] for n in active}, settings=settings,
-            )  # fmt: skip
+                {n: by_batch[n][b] for n, b in active.items()},
+                layout,
+                {n: (slo_ms or {}).get(n) for n in active},
+                objective,
+                power=power,
+                power_note=power_note,
+                slots={n: slots[n] for n in active},
+                settings=settings,
+            )
         except InfeasibleSLO as e:
             if not skip_infeasible:
                 raise
             table.skipped[mix_key(active)] = str(e)
             continue
-        table.entries[mix_key(active)] = Entry(plan.plans(), plan.predicted.to_dict())
+        table.entries[mix_key(active)] = Entry(plan.plans(), {**plan.predicted.to_dict(), "optimal": plan.optimal})
     return table

@@ -50,3 +50,15 @@ def test_counter_update_period(meter):
     changes = sum(a != b for a, b in itertools.pairwise(seen))
     print(f"energy counter changed {changes} times in 1 s of {len(seen)} reads")
     assert changes >= 1
+
+
+def test_meter_finds_the_cuda_device_by_uuid():
+    import pynvml
+
+    from eclip_ray.energy import cuda_uuid
+    from eclip_ray.energy.nvml import NvmlMeter
+
+    m = NvmlMeter(0, uuid=cuda_uuid(0))
+    assert pynvml.nvmlDeviceGetUUID(m._handle) == cuda_uuid(0)
+    assert m.power_w() > 0
+    m.close()

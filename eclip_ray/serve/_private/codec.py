@@ -144,7 +144,9 @@ def _from_bytes(name: str, tail: memoryview, offset: int, size: Any, datatype: s
         raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
     expected = math.prod(shape) * dtype.itemsize
     if size != expected:
-        raise _bad(f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of {datatype} needs {expected}")
+        raise _bad(
+            f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of {datatype} needs {expected}"
+        )
     if offset + size > len(tail):
         raise _bad(f"input {name!r}: its {size} bytes run past the end of the body")
     return np.frombuffer(tail[offset : offset + size], dtype=dtype).reshape(shape)
@@ -160,9 +162,22 @@ def _from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...]) -> n
         raise _bad(f"input {name!r}: 'data' is not a (nested) list of numbers: {e}") from None
     if raw.size != math.prod(shape):
         raise _bad(f"input {name!r}: 'data' has {raw.size} elements but shape {list(shape)} needs {math.prod(shape)}")
-    if raw.size and not _fits(raw, dtype):
-        raise _bad(f"input {name!r}: 'data' holds {raw.dtype.name} values that are not valid {datatype}")
+    if dtype.kind in "iu" and raw.dtype.kind in "fO":  # e.g. UINT64 values past INT64: numpy guessed float
+        raw = _python_ints(data, dtype)
+    if raw is None or (raw.size and not _fits(raw, dtype)):
+        kind = "other" if raw is None else raw.dtype.name
+        raise _bad(f"input {name!r}: 'data' holds {kind} values that are not valid {datatype}")
     return raw.astype(dtype).reshape(shape)
+
+
+def _python_ints(data: Any, dtype: np.dtype) -> np.ndarray | None:
+    flat = np.array(data, dtype=object).ravel()
+    if not all(type(v) is int for v in flat):  # no floats or bools passed off as integers
+        return None
+    info = np.iinfo(dtype)
+    if flat.size and (min(flat) < info.min or max(flat) > info.max):
+        return None
+    return flat.astype(dtype)
 
 
 def _fits(raw: np.ndarray, dtype: np.dtype) -> bool:

@@ -1,0 +1,238 @@
+"""The request loop: drives model instances under a load and measures one window.
+
+One Python thread issues every instance's requests (``ModelRunner.submit``
+returns at once on the GPU) and polls their completion events, so every
+policy runs through the same executor and only the sharing differs. Warm-up
+requests run under the same load and are not counted. The window starts at
+``start_at`` (or after ``warmup_s``) and lasts ``window_s``: a request counts
+when its completion is seen inside it, and the energy meter's window spans it
+exactly. Requests still queued when it ends are finished but not counted.
+
+``serial=True`` is time-sharing: every request waits on the GPU for the one
+issued before it, whatever its model, so requests run one at a time in
+arrival order, as on a single stream, while the host still queues ahead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from eclip_ray.bench.load import Load, lane_rng, poisson_arrivals
+from eclip_ray.energy import EnergyMeter, Measurement
+from eclip_ray.graph.plan import Plan
+
+
+class Pending(Protocol):
+    event: Any
+
+    def done(self) -> bool: ...
+
+    def result(self) -> Any: ...
+
+
+class Submitter(Protocol):
+    on_gpu: bool
+
+    def submit(self, inputs: Sequence[Any], plan: Plan) -> Pending: ...
+
+
+@dataclass
+class Lane:
+    """One model instance: its runner, its plan under the policy, and its fixed request inputs."""
+
+    name: str
+    runner: Submitter
+    plan: Plan
+    batch_size: int
+    inputs: tuple[Any, ...]
+    index: int = 0  # place in the mix: fixes its Poisson seed
+    inflight: deque = field(default_factory=deque, repr=False)  # (arrival time, Pending), in issue order
+    backlog: deque = field(default_factory=deque, repr=False)  # arrival times not yet issued
+    arrivals: np.ndarray | None = field(default=None, repr=False)
+    next_arrival: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    arrived_in_window: int = 0
+
+
+@dataclass(frozen=True)
+class LaneResult:
+    """What one instance did in the window."""
+
+    name: str
+    batch_size: int
+    latencies_ms: list[float]  # of the requests completed in the window, in completion order
+    arrivals: int  # requests that arrived in the window (closed loop: issued)
+    unserved: int  # arrived but never issued when the window closed (open loop over capacity)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "batch_size": self.batch_size,
+            "latencies_ms": self.latencies_ms,
+            "arrivals": self.arrivals,
+            "unserved": self.unserved,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LaneResult:
+        return cls(d["name"], d["batch_size"], list(d["latencies_ms"]), d["arrivals"], d["unserved"])
+
+
+@dataclass(frozen=True)
+class Window:
+    """One measured window: per-instance results, its length and the energy drawn (None: not measured)."""
+
+    seconds: float
+    lanes: dict[str, LaneResult]
+    energy: Measurement | None
+    energy_note: str = ""
+    # Mean time of one pass of the host loop over every instance, in microseconds: when it nears a
+    # request's GPU time, the host, not the sharing policy, limits the throughput.
+    loop_us: float | None = None
+
+
+class _Serial:
+    """Orders requests of different runners on the GPU: each waits for the one issued before it."""
+
+    def __init__(self) -> None:
+        self.last: Pending | None = None
+
+    def before(self, runner: Submitter) -> None:
+        if self.last is not None and self.last.event is not None:
+            runner.stream.wait_event(self.last.event)  # type: ignore[attr-defined]
+
+    def after(self, pending: Pending) -> None:
+        self.last = pending
+
+
+def _issue(lane: Lane, arrival: float, serial: _Serial | None) -> None:
+    if serial is not None:
+        serial.before(lane.runner)
+    pending = lane.runner.submit(lane.inputs, lane.plan)
+    if serial is not None:
+        serial.after(pending)
+    lane.inflight.append((arrival, pending))
+
+
+def _reap(lane: Lane, now: float, counting: bool, closed: bool) -> None:
+    """Retire finished requests (a runner finishes in issue order, so only the head is checked)."""
+    while lane.inflight and lane.inflight[0][1].done():
+        arrival, _ = lane.inflight.popleft()
+        if counting:
+            lane.latencies_ms.append(1e3 * (now - arrival))
+        if closed:
+            lane.backlog.append(now)
+            if counting:
+                lane.arrived_in_window += 1
+
+
+def _arrive(lane: Lane, now: float, t0: float, t_start: float) -> None:
+    times = lane.arrivals
+    while times is not None and lane.next_arrival < len(times) and t0 + times[lane.next_arrival] <= now:
+        at = t0 + float(times[lane.next_arrival])
+        lane.backlog.append(at)
+        lane.arrived_in_window += at >= t_start
+        lane.next_arrival += 1
+
+
+def _dispatch(lanes: Sequence[Lane], depth: int, serial: _Serial | None) -> None:
+    if serial is None:
+        for lane in lanes:
+            while lane.backlog and len(lane.inflight) < depth:
+                _issue(lane, lane.backlog.popleft(), None)
+        return
+    while True:  # time-share: the earliest arrival of any instance goes first
+        ready = [ln for ln in lanes if ln.backlog and len(ln.inflight) < depth]
+        if not ready:
+            return
+        lane = min(ready, key=lambda ln: ln.backlog[0])
+        _issue(lane, lane.backlog.popleft(), serial)
+
+
+def _prepare(lanes: Sequence[Lane], load: Load, seed: int, horizon_s: float, t0: float) -> None:
+    for lane in lanes:
+        lane.inflight.clear()
+        lane.backlog.clear()
+        lane.latencies_ms = []
+        lane.arrived_in_window = 0
+        lane.next_arrival = 0
+        if load.kind == "closed":
+            lane.arrivals = None
+            lane.backlog.extend([t0] * load.inflight)
+        else:
+            rate = load.rate(lane.index, len(lanes))
+            lane.arrivals = poisson_arrivals(rate, horizon_s, lane_rng(seed, lane.index))
+
+
+def drive(
+    lanes: Sequence[Lane],
+    load: Load,
+    *,
+    warmup_s: float,
+    window_s: float,
+    serial: bool = False,
+    meter: EnergyMeter | None = None,
+    energy_note: str = "",
+    seed: int = 0,
+    start_at: float | None = None,
+) -> Window:
+    """Run ``lanes`` under ``load``; measure ``window_s`` seconds from ``start_at`` (``perf_counter`` time).
+
+    ``meter`` None (or unavailable) leaves energy unmeasured, with ``energy_note``
+    saying why. ``serial`` runs the requests one at a time in arrival order.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    if serial and any(getattr(ln.runner, "on_gpu", False) for ln in lanes):
+        missing = [ln.name for ln in lanes if getattr(ln.runner, "stream", None) is None]
+        if missing:
+            raise ValueError(f"time-sharing needs each GPU runner's stream; {missing} have none")
+    t0 = time.perf_counter()
+    t_start = start_at if start_at is not None else t0 + warmup_s
+    t_stop = t_start + window_s
+    if t_stop <= t0:
+        raise RuntimeError(f"the window ended {t0 - t_stop:.3f} s before the loop started (start_at is past)")
+    closed = load.kind == "closed"
+    _prepare(lanes, load, seed, t_stop - t0, t0)
+    order = _Serial() if serial else None
+    depth = load.depth()
+    measure = meter is not None and meter.available
+    counting, began, now, passes = False, t_start, t0, 0
+    while True:
+        now = time.perf_counter()
+        if not counting and now >= t_start:
+            counting, began = True, now
+            if measure:
+                meter.begin_window("bench")  # type: ignore[union-attr]
+        if now >= t_stop:
+            if not closed:  # arrivals up to the window's end count, served or not
+                for lane in lanes:
+                    _arrive(lane, t_stop, t0, t_start)
+            break
+        passes += counting
+        for lane in lanes:
+            _reap(lane, now, counting, closed)
+            if not closed:
+                _arrive(lane, now, t0, t_start)
+        _dispatch(lanes, depth, order)
+    energy = meter.end_window("bench") if measure else None  # type: ignore[union-attr]
+    seconds = energy.seconds if energy is not None else now - began
+    results = {}
+    for lane in lanes:
+        unserved = len(lane.backlog) if not closed else 0
+        for _, pending in lane.inflight:  # finish what is queued; it is not counted
+            pending.result()
+        lane.inflight.clear()
+        results[lane.name] = LaneResult(lane.name, lane.batch_size, lane.latencies_ms, lane.arrived_in_window, unserved)
+    note = "" if measure else (energy_note or "no energy meter")
+    return Window(seconds, results, energy, note, 1e6 * (now - began) / passes if passes else None)

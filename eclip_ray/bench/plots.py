@@ -1,0 +1,140 @@
+"""Plots like the paper's, per scenario: throughput and energy efficiency per mix normalised to the
+plain multi-stream baseline (ECLIP's Baseline), and latency CDFs per mix."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from eclip_ray.bench.policies import POLICIES
+from eclip_ray.bench.report import scenarios
+
+REFERENCE = "multi-stream"
+STYLES = ("-", "--", ":", "-.")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on servers and CI
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plotting needs matplotlib: pip install 'eclip-ray[plot]'") from e
+    return plt
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label)
+
+
+def _normalised(summary: Mapping[str, Any], label: str, value) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Per policy, ``value(result)`` of each mix over that of the reference policy (None where missing)."""
+    mixes, bars = [], {p: [] for p in POLICIES}
+    for name, mix in summary["mixes"].items():
+        res = mix["scenarios"].get(label, {}).get("policies", {})
+        ref = res.get(REFERENCE, {})
+        base = value(ref) if ref.get("status") == "ok" else None
+        if not base:
+            continue
+        mixes.append(name)
+        for p in POLICIES:
+            r = res.get(p, {})
+            v = value(r) if r.get("status") == "ok" else None
+            bars[p].append(v / base if v else None)
+    return mixes, {p: v for p, v in bars.items() if any(x is not None for x in v)}
+
+
+def _bars(plt, mixes: list[str], bars: dict[str, list[float | None]], ylabel: str, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(mixes) + 2), 3.6))
+    width = 0.8 / max(1, len(bars))
+    for i, (p, vals) in enumerate(bars.items()):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(mixes))]
+        drawn = ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=p)
+        labels = [f"{v:.2f}" if v is not None else "n/a" for v in vals]
+        ax.bar_label(drawn, labels, fontsize=5, rotation=90, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(mixes)), mixes)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cdfs(plt, summary: Mapping[str, Any], label: str, path: Path) -> Path | None:
+    mixes = [(n, m["scenarios"][label]) for n, m in summary["mixes"].items() if label in m["scenarios"]]
+    mixes = [(n, sc) for n, sc in mixes if any(r["status"] == "ok" for r in sc["policies"].values())]
+    if not mixes:
+        return None
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    cols = min(3, len(mixes))
+    rows = -(-len(mixes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.8), squeeze=False)
+    colours = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(POLICIES)}
+    for ax, (name, sc) in zip(axes.flat, mixes, strict=False):
+        instances = list(sc["slo_ms"])
+        for p, r in sc["policies"].items():
+            if r["status"] != "ok":
+                continue
+            for k, inst in enumerate(instances):
+                pts = r["models"][inst]["latency_cdf_ms"]
+                if pts:
+                    ms, frac = [v for _, v in pts], [q / 100 for q, _ in pts]
+                    ax.plot(ms, frac, STYLES[k % len(STYLES)], color=colours.get(p, "grey"), linewidth=1)
+        for k, inst in enumerate(instances):
+            ax.axvline(sc["slo_ms"][inst], color="red", linestyle=STYLES[k % len(STYLES)], linewidth=0.7)
+        lo, hi = ax.get_xlim()
+        if hi > 20 * max(lo, 1e-9):  # a long tail: log scale, labelled in plain milliseconds
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{name} (red: SLOs)", fontsize=9)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of requests")
+        models = [Line2D([], [], color="black", linestyle=STYLES[k % len(STYLES)]) for k in range(len(instances))]
+        ax.legend(models, instances, fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(mixes) :]:
+        ax.axis("off")
+    ran = [p for p in POLICIES if any(p in sc["policies"] and sc["policies"][p]["status"] == "ok" for _, sc in mixes)]
+    handles = [Line2D([], [], color=colours[p]) for p in ran]
+    fig.legend(handles, ran, loc="lower center", ncol=len(ran), fontsize=7)
+    fig.suptitle(f"latency CDFs, {label}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw(summary: Mapping[str, Any], directory: str | Path) -> dict[str, list[Path]]:
+    """Write every plot of ``summary`` into ``directory``; scenario label -> files written."""
+    plt = _pyplot()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[Path]] = {}
+    for label in scenarios(summary):
+        files = []
+        mixes, bars = _normalised(summary, label, lambda r: r["throughput_rps"])
+        if mixes:
+            title = f"throughput normalised to {REFERENCE}, {label}"
+            files.append(_bars(plt, mixes, bars, "throughput (x)", title, directory / f"throughput_{slug(label)}.png"))
+        mixes, bars = _normalised(
+            summary, label, lambda r: 1 / r["joules_per_inference"] if r["joules_per_inference"] else None
+        )
+        if mixes:
+            title = f"energy efficiency (inferences/J) normalised to {REFERENCE}, {label}"
+            files.append(
+                _bars(plt, mixes, bars, "inferences per joule (x)", title, directory / f"energy_{slug(label)}.png")
+            )
+        cdf = _cdfs(plt, summary, label, directory / f"latency_cdf_{slug(label)}.png")
+        if cdf is not None:
+            files.append(cdf)
+        out[label] = files
+    return out

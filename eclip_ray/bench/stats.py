@@ -1,0 +1,92 @@
+"""Latency percentiles, SLO attainment and the metrics of one window.
+
+Percentiles are nearest-rank: the p-th percentile is a latency that was
+actually observed, the smallest with at least p% of the samples at or below
+it. An SLO is met when at least ``percentile``% of a model's requests finish
+within it (with the default 99, exactly when its p99 is within the SLO).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from eclip_ray.bench.driver import Window
+
+# Points of the stored latency CDFs (percent), finer in the tail.
+CDF_POINTS = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 96, 97, 98, 99, 99.5, 99.9, 100)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 <= q <= 100) of ``samples``."""
+    if not samples:
+        raise ValueError("no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {q}")
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def attainment(samples: Sequence[float], slo_ms: float) -> float:
+    """Fraction of ``samples`` at or below ``slo_ms``."""
+    if not samples:
+        raise ValueError("no samples")
+    return sum(x <= slo_ms for x in samples) / len(samples)
+
+
+def slo_met(attained: Mapping[str, float], percentile_pct: float) -> bool:
+    """Every model has at least ``percentile_pct``% of its requests within its SLO."""
+    return all(a >= percentile_pct / 100 - 1e-12 for a in attained.values())
+
+
+def cdf(samples: Sequence[float]) -> list[list[float]]:
+    """``[[percent, ms], ...]`` at :data:`CDF_POINTS`."""
+    ordered = sorted(samples)
+    return [[q, percentile(ordered, q)] for q in CDF_POINTS]
+
+
+def window_metrics(w: Window, slo_ms: Mapping[str, float], percentile_pct: float) -> dict:
+    """Throughput, latency, SLO and energy of a window, per model and for the mix.
+
+    ``throughput_rps`` counts inferences (samples) per second: at batch 1 that
+    is requests per second. Energy is ``None`` when the window measured none;
+    a model that completed no request has ``None`` percentiles.
+    """
+    models, inferences = {}, 0
+    for name, r in w.lanes.items():
+        done = r.requests * r.batch_size
+        inferences += done
+        models[name] = {
+            "batch_size": r.batch_size,
+            "requests": r.requests,
+            "arrivals": r.arrivals,
+            "unserved": r.unserved,
+            "throughput_rps": done / w.seconds,
+            "latency_cdf_ms": cdf(r.latencies_ms) if r.latencies_ms else [],
+        }
+    lat = {n: r.latencies_ms for n, r in w.lanes.items()}
+    # A model that completed nothing in the window attained none of its SLO.
+    attained = {n: attainment(v, slo_ms[n]) if v else 0.0 for n, v in lat.items()}
+    e = w.energy
+    return {
+        "throughput_rps": inferences / w.seconds,
+        "joules_per_inference": e.joules / inferences if e is not None and inferences else None,
+        "avg_power_w": e.watts if e is not None else None,
+        "energy_reliable": e.reliable if e is not None else None,
+        "energy_note": w.energy_note,
+        "p50_ms": {n: _pct(v, 50) for n, v in lat.items()},
+        "p95_ms": {n: _pct(v, 95) for n, v in lat.items()},
+        "p99_ms": {n: _pct(v, 99) for n, v in lat.items()},
+        "slo_ms": dict(slo_ms),
+        "slo_attainment": attained,
+        "slo_met": slo_met(attained, percentile_pct),
+        "window_s": w.seconds,
+        "host_loop_us": w.loop_us,
+        "inferences": inferences,
+        "models": models,
+    }
+
+
+def _pct(samples: Sequence[float], q: float) -> float | None:
+    return percentile(samples, q) if samples else None

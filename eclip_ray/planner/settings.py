@@ -1,0 +1,19 @@
+"""The planner's knobs: grouping, the cost model and the search (defaults follow ECLIP where it has one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """Knobs of grouping, the cost model and the search."""
+
+    switch_budget: int = 14  # partition switches per request (ECLIP's switchMax)
+    max_groups: int = 20  # groups per model: the MILP's resolution (and its size)
+    knee_tol: float = 0.1  # a unit's knee: fewest SMs within this fraction of its best time
+    interference: float = 1.0  # slowdown when another worker keeps all of a partition's SMs busy
+    switch_ms: float | None = None  # None: the profile's meta["switch_ms"], else cost.DEFAULT_SWITCH_MS
+    # Per MILP. HiGHS usually finds the optimum in well under a second but can take seconds more to prove
+    # it; at the limit the best plan found is used (MixPlan.optimal is then False). Raise it offline.
+    time_limit_s: float = 0.6

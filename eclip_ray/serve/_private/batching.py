@@ -1,0 +1,196 @@
+"""Dynamic batching of one model's requests, aware of its latency SLO.
+
+``BatchPolicy.decide`` is the whole policy, a pure function of the queue: send
+the requests at the head of the queue now when the batch is full (or the next
+request would not fit), when the oldest has waited ``batch_wait_timeout_s``,
+or when waiting longer would lose the oldest request's SLO given the expected
+run time of the batch; otherwise sleep until the earliest of those moments.
+The expected run time is the measured round trip of batches padded to the same
+captured size (``ServiceTimes``): a batch of 5 on sizes (4, 8) costs what 8 costs.
+
+``Batcher`` applies the policy to an asyncio queue, with a few batches in
+flight at once (the GPU actor overlaps them) and a bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from eclip_ray.actor.spec import BatchResult
+from eclip_ray.serve._private.errors import unavailable
+
+
+@dataclass(frozen=True)
+class Decision:
+    take: int  # requests to send now (0: none)
+    wait_s: float  # when take == 0: how long to sleep before deciding again
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    slo_s: float | None
+    sizes: tuple[int, ...]  # captured batch sizes, ascending
+
+    def bucket(self, rows: int) -> int:
+        i = bisect.bisect_left(self.sizes, rows)
+        return self.sizes[min(i, len(self.sizes) - 1)]
+
+    def decide(self, now: float, rows: Sequence[int], oldest: float, estimate: Callable[[int], float]) -> Decision:
+        """``rows``: rows of each queued request, oldest first; ``oldest``: its arrival time (s);
+        ``estimate(bucket)``: expected seconds from sending a batch of that padded size to its result."""
+        take, total = 0, 0
+        for r in rows:
+            if total + r > self.max_batch_size:
+                break
+            take, total = take + 1, total + r
+        if take < len(rows) or total >= self.max_batch_size:
+            return Decision(take, 0.0)
+        latest = oldest + self.batch_wait_timeout_s
+        if self.slo_s is not None:
+            latest = min(latest, oldest + self.slo_s - estimate(self.bucket(total)))
+        if now >= latest:
+            return Decision(take, 0.0)
+        return Decision(0, latest - now)
+
+
+class ServiceTimes:
+    """Exponentially weighted mean round trip (s) of batches per captured size."""
+
+    def __init__(self, sizes: Sequence[int], weight: float = 0.2) -> None:
+        self.sizes = tuple(sizes)
+        self.weight = weight
+        self._mean: dict[int, float] = {}
+
+    def observe(self, bucket: int, seconds: float) -> None:
+        old = self._mean.get(bucket)
+        self._mean[bucket] = seconds if old is None else old + self.weight * (seconds - old)
+
+    def estimate(self, bucket: int) -> float:
+        """The mean at ``bucket``, else at the largest smaller size measured, else 0 (nothing known yet)."""
+        if bucket in self._mean:
+            return self._mean[bucket]
+        known = [s for s in self._mean if s < bucket]
+        return self._mean[max(known)] if known else 0.0
+
+
+@dataclass
+class _Waiting:
+    inputs: Sequence[np.ndarray]
+    rows: int
+    arrival: float
+    future: asyncio.Future
+
+
+@dataclass(frozen=True)
+class Batched:
+    """What one request gets back: its rows of the outputs and how its batch went."""
+
+    names: tuple[str, ...]
+    outputs: tuple[np.ndarray, ...]
+    queue_s: float
+    batch_rows: int
+    result: BatchResult
+
+
+RunBatch = Callable[[list[np.ndarray]], Awaitable[BatchResult]]
+
+
+class Batcher:
+    """Collects requests of one model into batches and sends them with ``run``."""
+
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        run: RunBatch,
+        max_queue: int,
+        max_inflight: int,
+        retry_after_s: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.times = ServiceTimes(policy.sizes)
+        self._run = run
+        self.max_queue = max_queue
+        self.max_inflight = max_inflight
+        self.retry_after_s = retry_after_s
+        self._clock = clock
+        self._queue: deque[_Waiting] = deque()
+        self._inflight = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: Sequence[np.ndarray], rows: int) -> Batched:
+        """Queue one request (arrays in input order) and wait for its rows of the batch's outputs."""
+        if len(self._queue) >= self.max_queue:
+            raise unavailable(f"the queue is full ({self.max_queue} requests waiting)", self.retry_after_s)
+        waiting = _Waiting(inputs, rows, self._clock(), asyncio.get_running_loop().create_future())
+        self._queue.append(waiting)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        return await waiting.future
+
+    async def _loop(self) -> None:
+        while True:
+            self._drop_cancelled()
+            if not self._queue or self._inflight >= self.max_inflight:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = self._clock()
+            decision = self.policy.decide(
+                now, [w.rows for w in self._queue], self._queue[0].arrival, self.times.estimate
+            )
+            if decision.take:
+                batch = [self._queue.popleft() for _ in range(decision.take)]
+                self._inflight += 1
+                asyncio.get_running_loop().create_task(self._dispatch(batch, now))
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), decision.wait_s)
+
+    def _drop_cancelled(self) -> None:
+        # A client that went away must not take a place in a batch.
+        if any(w.future.done() for w in self._queue):
+            self._queue = deque(w for w in self._queue if not w.future.done())
+
+    async def _dispatch(self, batch: list[_Waiting], sent: float) -> None:
+        try:
+            rows = sum(w.rows for w in batch)
+            inputs = [
+                np.concatenate([w.inputs[i] for w in batch]) if len(batch) > 1 else batch[0].inputs[i]
+                for i in range(len(batch[0].inputs))
+            ]
+            result = await self._run(inputs)
+            self.times.observe(self.policy.bucket(rows), self._clock() - sent)
+            self._deliver(batch, rows, sent, result)
+        except Exception as e:  # every request of the batch gets the failure; none is left waiting
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+        finally:
+            self._inflight -= 1
+            self._wake.set()
+
+    def _deliver(self, batch: list[_Waiting], rows: int, sent: float, result: BatchResult) -> None:
+        start = 0
+        for w in batch:
+            part = tuple(o[start : start + w.rows] for o in result.outputs)
+            start += w.rows
+            if not w.future.done():
+                w.future.set_result(Batched(result.names, part, sent - w.arrival, rows, result))

@@ -1,0 +1,236 @@
+"""End to end through real Ray Serve on the CPU backend: tritonclient.http and plain HTTP, JSON and binary.
+
+One application for the module: two logical GPUs (CPU backend, ``num_gpus=0``
+actors), tiny-cnn replicated on both and tiny-bert on one. The last test kills
+a GPU actor and watches requests fail fast with 503 and recover by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+httpclient = pytest.importorskip("tritonclient.http")
+
+from eclip_ray.actor.loader import zoo_entry  # noqa: E402
+from eclip_ray.serve import AppConfig, build_app  # noqa: E402
+from eclip_ray.serve._private import codec  # noqa: E402
+
+APP = "eclip-test"
+CONFIG = {
+    "gpus": 2,
+    "backend": "cpu",
+    "models": [
+        # a long wait so that concurrent requests surely meet in one batch
+        {"name": "tiny-cnn", "replicas": 2, "max_batch_size": 8, "batch_wait_timeout_s": 0.3},
+        {"name": "tiny-bert", "max_batch_size": 4, "batch_wait_timeout_s": 0.002, "slo_ms": 5000},
+    ],
+    "limits": {"request_timeout_s": 20, "retry_after_s": 1},
+}
+IMG = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("<f4")
+IDS = np.random.default_rng(1).integers(0, 1000, (3, 16)).astype("<i8")
+
+
+@dataclass
+class Server:
+    url: str
+    host_port: str
+    metrics_url: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = httpx.get(f"{url}/v2/health/ready", timeout=5)
+            if r.status_code == 200:
+                return
+            reason = r.text
+        except httpx.HTTPError as e:
+            reason = repr(e)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout_s} s: {reason}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    http_port, metrics_port = _free_port(), _free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.run(build_app(CONFIG), name=APP, route_prefix="/")
+        url = f"http://127.0.0.1:{http_port}"
+        _wait_ready(url, 120)
+        yield Server(url, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def reference(name: str, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    served = AppConfig.model_validate(CONFIG).resolved().model(name).served()
+    with torch.inference_mode():
+        return zoo_entry(served).build().eval()(torch.from_numpy(np.array(x))).numpy()
+
+
+def test_tritonclient_health_metadata_and_binary_inference(server):
+    client = httpclient.InferenceServerClient(url=server.host_port)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny-cnn") and client.is_model_ready("tiny-bert")
+    meta = client.get_model_metadata("tiny-cnn")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+    expected = reference("tiny-cnn", IMG)
+    for _ in range(4):  # replicas on both GPUs (round-robin): the same seeded weights answer alike
+        inp = httpclient.InferInput("input", list(IMG.shape), "FP32")
+        inp.set_data_from_numpy(IMG)
+        out = client.infer("tiny-cnn", [inp]).as_numpy("output0")
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    gpus = client.get_inference_statistics("tiny-cnn")["model_stats"][0]["gpus"]
+    assert sorted(g["gpu"] for g in gpus) == [0, 1] and all(g["inferences"] > 0 for g in gpus)
+
+
+def test_tritonclient_json_inputs_and_outputs(server):
+    client = httpclient.InferenceServerClient(url=server.host_port)
+    inp = httpclient.InferInput("input_ids", list(IDS.shape), "INT64")
+    inp.set_data_from_numpy(IDS, binary_data=False)
+    result = client.infer("tiny-bert", [inp], outputs=[httpclient.InferRequestedOutput("output0", binary_data=False)])
+    assert "parameters" not in result.get_output("output0")  # JSON data, not bytes
+    np.testing.assert_allclose(result.as_numpy("output0"), reference("tiny-bert", IDS), rtol=1e-4, atol=1e-5)
+
+
+def test_tritonclient_sees_kserve_errors(server):
+    client = httpclient.InferenceServerClient(url=server.host_port)
+    inp = httpclient.InferInput("input", [1, 3, 16, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 3, 16, 16), "f4"))
+    with pytest.raises(httpclient.InferenceServerException) as e:
+        client.infer("tiny-cnn", [inp])
+    assert e.value.status() == "400" and "the model takes [-1, 3, 32, 32]" in e.value.message()
+
+
+def test_plain_http_json_and_hand_framed_binary(server):
+    doc = {"id": "r1", "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [3, 16], "data": IDS.tolist()}]}
+    r = httpx.post(f"{server.url}/v2/models/tiny-bert/infer", json=doc, timeout=30)
+    assert r.status_code == 200 and r.json()["id"] == "r1"
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [3, 16, 64] and out["datatype"] == "FP32"
+    via_json = np.array(out["data"], dtype="f4").reshape(3, 16, 64)
+
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "input_ids", "datatype": "INT64", "shape": [3, 16], "parameters": {"binary_data_size": 384}}
+            ],
+            "outputs": [{"name": "output0", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    r = httpx.post(
+        f"{server.url}/v2/models/tiny-bert/infer",
+        content=head + IDS.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    n = int(r.headers["Inference-Header-Content-Length"])
+    meta = json.loads(r.content[:n])["outputs"][0]
+    assert meta["parameters"]["binary_data_size"] == 3 * 16 * 64 * 4 == len(r.content) - n
+    np.testing.assert_array_equal(np.frombuffer(r.content[n:], "<f4").reshape(3, 16, 64), via_json)
+
+
+def test_bad_requests_over_http(server):
+    r = httpx.post(f"{server.url}/v2/models/resnet9/infer", content=b"{}", timeout=10)
+    assert r.status_code == 404 and "unknown model 'resnet9'" in r.json()["error"]
+    body, _ = codec.encode_request([("input", np.zeros((9, 3, 32, 32), "f4"))], binary=False)
+    r = httpx.post(f"{server.url}/v2/models/tiny-cnn/infer", content=body, timeout=10)
+    assert r.status_code == 400 and "exceeds max_batch_size 8" in r.json()["error"]
+
+
+def _infer(server, model: str, name: str, array: np.ndarray) -> httpx.Response:
+    body, n = codec.encode_request([(name, array)])
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers={codec.HEADER: str(n)}, timeout=30)
+
+
+def _stats(server, model: str) -> dict:
+    return httpx.get(f"{server.url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
+
+
+def test_concurrent_requests_are_batched(server):
+    before = _stats(server, "tiny-cnn")
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: _infer(server, "tiny-cnn", "input", IMG[:1]).status_code, range(8)))
+    assert codes == [200] * 8
+    after = _stats(server, "tiny-cnn")
+    requests = after["inference_count"] - before["inference_count"]
+    batches = after["execution_count"] - before["execution_count"]
+    assert requests == 8 and batches < 8
+    assert max(b["batch_size"] for b in after["batch_stats"]) > 1
+
+
+def test_metrics_reach_prometheus(server):
+    httpx.post(
+        f"{server.url}/v2/models/tiny-bert/infer",
+        json={"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 16], "data": [0] * 16}]},
+        timeout=30,
+    )
+    wanted = [
+        "ray_eclip_requests_total{",
+        "ray_eclip_request_latency_ms_bucket{",
+        "ray_eclip_queue_time_ms_bucket{",
+        "ray_eclip_batch_size_bucket{",
+        "ray_eclip_gpu_plan{",
+    ]
+    deadline, text = time.monotonic() + 30, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(server.metrics_url, timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(1)
+    lines = [line for line in text.splitlines() if line.startswith("ray_eclip_")]
+    for w in wanted:
+        assert any(line.startswith(w) for line in lines), f"{w} missing from {lines}"
+    assert any('model="tiny-bert"' in line for line in lines if line.startswith("ray_eclip_requests_total"))
+    assert any('plan="whole"' in line for line in lines if line.startswith("ray_eclip_gpu_plan{"))
+    assert not any(line.startswith("ray_eclip_joules_per_inference") for line in lines)  # no energy on the CPU
+
+
+def test_a_killed_gpu_actor_gives_fast_503s_then_recovers(server):
+    actor = ray.get_actor(f"eclip_ray:{APP}:gpu0", namespace="eclip_ray")  # hosts tiny-bert and a tiny-cnn replica
+    ray.kill(actor, no_restart=False)
+    t0, statuses = time.monotonic(), []
+    while time.monotonic() - t0 < 90:
+        start = time.monotonic()
+        r = _infer(server, "tiny-bert", "input_ids", IDS[:1])
+        assert time.monotonic() - start < 25  # an answer, not a hang
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        # meanwhile the replicated model keeps answering from GPU 1
+        assert _infer(server, "tiny-cnn", "input", IMG[:1]).status_code == 200
+        time.sleep(0.5)
+    assert statuses[-1] == 200 and 503 in statuses, statuses

@@ -1,0 +1,186 @@
+"""The request loop: closed and open loops, time-sharing order and energy windows (no GPU).
+
+Fake runners stand in for the GPU: their requests finish a set time after the
+previous one of the same runner (one stream each), and they record the order
+in which requests are issued and made to wait on each other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from eclip_ray.bench.driver import Lane, _dispatch, _Serial, drive
+from eclip_ray.bench.load import Load, lane_rng, poisson_arrivals
+from eclip_ray.energy.meter import EnergyMeter
+from eclip_ray.graph.plan import Plan
+
+WHOLE = Plan.single("whole")
+
+
+class Event:
+    def __init__(self, name: str, done_at: float) -> None:
+        self.name, self.done_at = name, done_at
+
+    def query(self) -> bool:
+        return time.perf_counter() >= self.done_at
+
+
+class Pending:
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def done(self) -> bool:
+        return self.event.query()
+
+    def result(self) -> tuple:
+        while not self.done():
+            pass
+        return ()
+
+
+class Stream:
+    def __init__(self, runner: FakeRunner) -> None:
+        self.runner = runner
+
+    def wait_event(self, event: Event) -> None:
+        self.runner.log.append(("wait", self.runner.name, event.name))
+        self.runner.after = max(self.runner.after, event.done_at)
+
+
+class FakeRunner:
+    """A runner whose requests take ``ms`` each, one after another (a stream)."""
+
+    def __init__(self, name: str, ms: float, log: list, on_gpu: bool = True) -> None:
+        self.name, self.ms, self.log, self.on_gpu = name, ms, log, on_gpu
+        self.stream = Stream(self)
+        self.after = 0.0
+        self.count = 0
+        self.issued: list[Event] = []
+        self.most_outstanding = 0
+
+    def submit(self, inputs, plan) -> Pending:
+        self.issued = [e for e in self.issued if not e.query()]
+        self.most_outstanding = max(self.most_outstanding, len(self.issued) + 1)
+        start = max(time.perf_counter(), self.after)
+        self.after = start + self.ms / 1e3
+        self.count += 1
+        name = f"{self.name}{self.count}"
+        self.log.append(("submit", self.name, name))
+        self.issued.append(Event(name, self.after))
+        return Pending(self.issued[-1])
+
+
+class WattMeter(EnergyMeter):
+    """A counter that grows at ``watts`` joules per second of wall time."""
+
+    def __init__(self, watts: float) -> None:
+        super().__init__()
+        self.watts = watts
+        self.min_window_s = 0.0
+
+    def _counter_j(self) -> float:
+        return self.watts * time.perf_counter()
+
+    def power_w(self) -> float:
+        return self.watts
+
+    def describe(self) -> dict:
+        return {}
+
+
+def _lanes(log: list, *ms: float, on_gpu: bool = True) -> list[Lane]:
+    return [Lane(f"m{i}", FakeRunner(f"m{i}", t, log, on_gpu), WHOLE, 1, (), index=i) for i, t in enumerate(ms)]
+
+
+def test_closed_loop_keeps_n_in_flight_and_counts_only_the_window():
+    log: list = []
+    lanes = _lanes(log, 2.0, 2.0)
+    w = drive(lanes, Load("closed", 3), warmup_s=0.05, window_s=0.2)
+    assert set(w.lanes) == {"m0", "m1"}
+    for lane in lanes:
+        r = w.lanes[lane.name]
+        # Three queued requests of 2 ms each: a request waits for the two before it.
+        assert r.requests > 0 and sorted(r.latencies_ms)[len(r.latencies_ms) // 2] >= 2.0 * 3 * 0.9
+        assert r.unserved == 0
+        assert lane.runner.most_outstanding == 3
+    assert w.energy is None and w.energy_note == "no energy meter"
+    assert 0 < w.loop_us < 1e6 * w.seconds
+    assert not any(kind == "wait" for kind, *_ in log)  # plain multi-stream: no ordering between models
+
+
+def test_time_share_runs_requests_one_at_a_time_in_arrival_order():
+    log: list = []
+    lanes = _lanes(log, 1.0, 3.0)
+    w = drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.2, serial=True)
+    submits = [i for i, e in enumerate(log) if e[0] == "submit"]
+    assert len(submits) >= 3
+    for prev, cur in itertools.pairwise(submits):
+        # Every request after the first waits on the GPU for the request issued just before it.
+        assert log[cur - 1] == ("wait", log[cur][1], log[prev][2])
+    # Serialised: the mix finishes at most one request per the sum of its requests' times.
+    done = sum(r.requests for r in w.lanes.values())
+    assert done <= w.seconds * 1e3 / 2.0 + 2
+
+
+def test_time_share_issues_in_arrival_order_across_models():
+    log: list = []
+    lanes = _lanes(log, 1.0, 1.0, 1.0)
+    for lane, arrivals in zip(lanes, ([3.0, 5.0], [1.0], [2.0, 4.0]), strict=True):
+        lane.backlog.extend(arrivals)
+    _dispatch(lanes, depth=2, serial=_Serial())
+    assert [e[1] for e in log if e[0] == "submit"] == ["m1", "m2", "m0", "m2", "m0"]
+    assert [e[0] for e in log] == ["submit"] + ["wait", "submit"] * 4
+
+
+def test_time_share_needs_the_runners_streams_on_a_gpu():
+    lanes = _lanes([], 1.0)
+    lanes[0].runner.stream = None
+    with pytest.raises(ValueError, match="stream"):
+        drive(lanes, Load(), warmup_s=0.0, window_s=0.01, serial=True)
+
+
+def test_open_loop_arrivals_follow_the_seeded_poisson_process():
+    log: list = []
+    lanes = _lanes(log, 0.0, 0.0, on_gpu=False)
+    rate, warm, window = 400.0, 0.05, 0.3
+    w = drive(lanes, Load("poisson", rates_rps=(rate,)), warmup_s=warm, window_s=window, seed=5)
+    for lane in lanes:
+        times = poisson_arrivals(rate, warm + window, lane_rng(5, lane.index))
+        expect = int(np.sum((times >= warm) & (times < warm + window)))
+        assert abs(w.lanes[lane.name].arrivals - expect) <= 2
+
+
+def test_open_loop_charges_queueing_from_arrival():
+    # 10 ms per request, arrivals every 2.5 ms on average, one request on the GPU at a time:
+    # the backlog grows and latency (from arrival) far exceeds the service time.
+    log: list = []
+    lanes = _lanes(log, 10.0, on_gpu=False)
+    w = drive(lanes, Load("poisson", rates_rps=(400.0,), max_inflight=1), warmup_s=0.05, window_s=0.3, seed=1)
+    r = w.lanes["m0"]
+    assert r.unserved > 0
+    assert max(r.latencies_ms) > 3 * 10.0
+    assert r.requests <= 0.3 * 1e3 / 10.0 + 2
+
+
+def test_energy_window_spans_the_measured_window():
+    meter = WattMeter(300.0)
+    w = drive(_lanes([], 1.0), Load(), warmup_s=0.02, window_s=0.15, meter=meter)
+    assert w.energy is not None and w.energy_note == ""
+    assert 0 < w.seconds <= 0.15 + 0.5  # from when the loop saw the window open to when it saw it close
+    assert w.energy.watts == pytest.approx(300.0, rel=1e-3)
+
+
+def test_unavailable_meter_is_not_read():
+    from eclip_ray.energy import UnavailableMeter
+
+    w = drive(_lanes([], 1.0), Load(), warmup_s=0.0, window_s=0.05, meter=UnavailableMeter("cpu"), energy_note="cpu")
+    assert w.energy is None and w.energy_note == "cpu"
+
+
+def test_window_must_be_positive():
+    with pytest.raises(ValueError):
+        drive(_lanes([], 1.0), Load(), warmup_s=0.0, window_s=0.0)

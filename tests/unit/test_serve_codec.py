@@ -1,0 +1,179 @@
+"""The KServe v2 codec against itself and against tritonclient's own framing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from eclip_ray.actor.spec import DATATYPES
+from eclip_ray.serve._private import codec
+from eclip_ray.serve._private.codec import RequestedOutput
+from eclip_ray.serve._private.errors import RequestError
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.http._utils import _get_inference_request  # noqa: E402
+
+DTYPES = list(DATATYPES.values())
+
+
+def arrays(allow_nan: bool = True):
+    def one(dtype: np.dtype):
+        elements = None
+        if dtype.kind == "f":
+            elements = st.floats(
+                width=8 * dtype.itemsize, allow_nan=allow_nan, allow_infinity=allow_nan, allow_subnormal=False
+            )
+        return hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5), elements=elements)
+
+    return st.sampled_from(DTYPES).flatmap(one)
+
+
+def named(allow_nan: bool = True):
+    return st.lists(arrays(allow_nan), min_size=1, max_size=4).map(lambda xs: [(f"t{i}", x) for i, x in enumerate(xs)])
+
+
+def assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tensors=named(allow_nan=True))
+def test_binary_request_round_trip(tensors):
+    body, json_length = codec.encode_request(tensors, binary=True)
+    req = codec.decode_request(body, json_length)
+    assert list(req.inputs) == [n for n, _ in tensors]
+    for name, x in tensors:
+        assert_same(req.inputs[name], x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tensors=named(allow_nan=False))
+def test_json_request_round_trip(tensors):
+    body, json_length = codec.encode_request(tensors, binary=False)
+    assert json_length is None
+    req = codec.decode_request(body, json_length)
+    for name, x in tensors:
+        assert_same(req.inputs[name], x)
+        assert req.datatypes[name] == codec.datatype_of(x.dtype)
+
+
+def _triton_body(tensors, binary: bool):
+    inputs = []
+    for name, x in tensors:
+        i = httpclient.InferInput(name, list(x.shape), codec.datatype_of(x.dtype))
+        i.set_data_from_numpy(x, binary_data=binary)
+        inputs.append(i)
+    return _get_inference_request(inputs, "req-7", None, 0, False, False, 0, None, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tensors=named(allow_nan=False), binary=st.booleans())
+def test_decodes_what_tritonclient_sends(tensors, binary):
+    body, json_length = _triton_body(tensors, binary)
+    body = body if isinstance(body, bytes) else body.encode()
+    req = codec.decode_request(body, json_length)
+    assert req.id == "req-7"
+    assert req.outputs is None and req.binary_output  # tritonclient asks for binary outputs by default
+    for name, x in tensors:
+        assert_same(req.inputs[name], x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tensors=named(allow_nan=False), binary=st.booleans())
+def test_tritonclient_reads_what_we_answer(tensors, binary):
+    body, json_length = codec.encode_response("m", tensors, {n: binary for n, _ in tensors}, "abc")
+    result = httpclient.InferResult.from_response_body(body, header_length=json_length)
+    assert result.get_response()["id"] == "abc"
+    for name, x in tensors:
+        assert_same(result.as_numpy(name), x)
+
+
+def test_mixed_binary_and_json_outputs_and_our_decoder():
+    outs = [("a", np.arange(6, dtype="<f4").reshape(2, 3)), ("b", np.array([[1], [2]], dtype="<i8"))]
+    body, json_length = codec.encode_response("m", outs, {"a": False, "b": True})
+    doc, arrays_ = codec.decode_response(body, json_length)
+    assert doc["outputs"][0]["data"] == [0, 1, 2, 3, 4, 5] and "parameters" not in doc["outputs"][0]
+    assert doc["outputs"][1]["parameters"] == {"binary_data_size": 16}
+    for name, x in outs:
+        assert_same(arrays_[name], x)
+
+
+def test_nested_json_data_is_accepted():
+    doc = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}
+    req = codec.decode_request(json.dumps(doc).encode())
+    assert_same(req.inputs["x"], np.array([[1, 2], [3, 4]], dtype="<i8"))
+
+
+def test_binary_choice_follows_the_request():
+    body, n = codec.encode_request(
+        [("x", np.zeros(1, "<f4"))], outputs=[RequestedOutput("a", True), RequestedOutput("b")], binary_output=False
+    )
+    req = codec.decode_request(body, n)
+    assert codec.binary_choice(req, ["a", "b", "c"]) == {"a": True, "b": False}
+    req.outputs = None
+    assert codec.binary_choice(req, ["a", "c"]) == {"a": False, "c": False}
+
+
+def _input(**kw):
+    base = {"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}
+    base.update(kw)
+    return base
+
+
+def _bad(doc_or_body, json_length=None) -> str:
+    body = doc_or_body if isinstance(doc_or_body, bytes) else json.dumps(doc_or_body).encode()
+    with pytest.raises(RequestError) as e:
+        codec.decode_request(body, json_length)
+    assert e.value.failure.status == 400
+    return e.value.failure.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        (b"{not json", "malformed"),
+        ([1, 2], "JSON object"),
+        ({"inputs": []}, "non-empty 'inputs'"),
+        ({"inputs": [_input(), _input()]}, "appears twice"),
+        ({"inputs": [_input(name=3)]}, "'name'"),
+        ({"inputs": [_input(datatype="BYTES")]}, "unsupported datatype 'BYTES'"),
+        ({"inputs": [_input(shape=[2, -1])]}, "non-negative integers"),
+        ({"inputs": [_input(data=None)]}, "neither 'data'"),
+        ({"inputs": [_input(data=[1.0, 2.0, 3.0])]}, "has 3 elements but shape [2] needs 2"),
+        ({"inputs": [_input(data=[[1.0], [2.0, 3.0]])]}, "not a (nested) list of numbers"),
+        ({"inputs": [_input(datatype="INT64", data=[1.5, 2])]}, "not valid INT64"),
+        ({"inputs": [_input(datatype="UINT8", data=[1, 300])]}, "not valid UINT8"),
+        ({"inputs": [_input(datatype="FP32", data=["a", "b"])]}, "not valid FP32"),
+        ({"inputs": [_input(datatype="BOOL", data=[1, 0])]}, "not valid BOOL"),
+        ({"inputs": [_input()], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}, "classification"),
+        ({"inputs": [_input()], "parameters": {"binary_data_output": "yes"}}, "true or false"),
+        ({"inputs": [_input()], "id": 5}, "'id' must be a string"),
+    ],
+)
+def test_bad_requests_name_the_problem(doc, words):
+    assert words in _bad(doc)
+
+
+def test_inconsistent_binary_sizes_are_refused():
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}
+    ).encode()
+    data = np.array([1, 2], "<f4").tobytes()
+    assert "past the end" in _bad(head + data[:4], len(head))
+    assert "declare 8" in _bad(head + data + b"xx", len(head))
+    assert "body has" in _bad(head, len(head) + 1)
+    wrong = head.replace(b'"binary_data_size": 8', b'"binary_data_size": 4')
+    assert "needs 8" in _bad(wrong + data, len(wrong))
+
+
+def test_header_length_must_be_a_number():
+    assert codec.header_length(None) is None
+    assert codec.header_length("12") == 12
+    with pytest.raises(RequestError, match="byte count"):
+        codec.header_length("-1")
