@@ -2,7 +2,7 @@
 # One GPU session on the device machine: record the card and versions, then run the steps named
 # as arguments, each under its own time limit, logging into $OUT/work; everything is packed
 # into $OUT/results.tgz at the end (the device tool returns at most 8 files).
-#   steps: tests bench demo power profile:<batch sizes>:<models...> validate
+#   steps: tests bench demo power profile:<batch sizes>:<models...> validate bench:<bench_h100.sh parts>
 set -u
 OUT=${OUT:-/tmp/eclip-out}
 W=$OUT/work
@@ -28,7 +28,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 for s in "$@"; do
   case $s in
-    tests) step gpu_tests 240 python3 -m pytest -v -s tests/gpu ;;
+    tests) step gpu_tests 150 python3 -m pytest -v -s tests/gpu ;;
     bench) step runtime_bench 200 python3 benchmarks/runtime_bench.py --out "$W/runtime_bench.json" ;;
     demo) step demo 120 python3 -m eclip_ray.cli demo --batch-size 8 ;;
     power) step power 90 python3 -m eclip_ray.cli calibrate-power --out "$W/profiles/power.json" ;;
@@ -36,7 +36,12 @@ for s in "$@"; do
       IFS=: read -r _ bs models <<< "$s"
       step "profile_${bs//,/_}" "${PROFILE_LIMIT:-300}" python3 -m eclip_ray.cli profile ${models//,/ } \
         --batch-sizes ${bs//,/ } --out "$W/profiles" ;;
-    validate) step validate 330 python3 benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out "$W/validation.json" ;;
+    validate) step validate 200 python3 benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out "$W/validation.json" ;;
+    bench:*)  # parts of scripts/bench_h100.sh, within what is left of SESSION_S (default 480 s)
+      left=$(( ${SESSION_S:-480} - SECONDS ))
+      mkdir -p "$W/bench"
+      parts=${s#bench:}
+      ( export OUT=$W/bench BUDGET_S=$left; step "bench_${parts//,/_}" "$left" bash scripts/bench_h100.sh ${parts//,/ } ) ;;
     *) echo "unknown step $s" ;;
   esac
 done
