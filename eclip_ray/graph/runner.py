@@ -238,6 +238,10 @@ class ModelRunner:
             raise PlanError(f"{self.name!r} takes {len(cap.inputs)} input tensors, got {len(inputs)}")
         with self._lock, torch.inference_mode(), torch.cuda.stream(self.stream):
             for dst, src in zip(cap.inputs, inputs, strict=True):
+                if src.device.type == "cpu" and not src.is_pinned():
+                    # From pageable memory the copy would block the caller until the stream's earlier
+                    # requests finish; the pinned block is held by torch's host allocator until it is done.
+                    src = src.pin_memory()
                 dst[:rows].copy_(src, non_blocking=True)
             cap.replay()
             outputs = tuple(o.clone() for o in cap.outputs)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eclip_ray.serve._private.placement import Placement, demand_of, place
-from eclip_ray.serve.config import AppConfig, ModelConfig
+from eclip_ray.serve.config import AppConfig, ModelConfig, queue_size
 
 INGRESS = "ingress"
 FLEET = "gpu-fleet"
@@ -37,9 +37,16 @@ def deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
+def _model_held(m: ModelConfig, config: AppConfig) -> int:
+    # Everything the model's batcher may hold: its queue plus the batches in flight.
+    return queue_size(m, config.limits) + 2 * m.replicas * m.max_batch_size
+
+
 def _model_ongoing(m: ModelConfig, config: AppConfig) -> int:
-    # Everything the deployment may hold: its queue plus the batches in flight.
-    return config.limits.max_queue_size + 2 * m.replicas * m.max_batch_size
+    # Twice what the batcher holds, so that the batcher (not Serve's handle queue, which it
+    # cannot see) refuses the excess, quickly and by name. Serve's own queue in front of
+    # the deployment is bounded too (max_queued_requests): beyond it the ingress answers 503.
+    return 2 * _model_held(m, config)
 
 
 def build_app(config: AppConfig | Mapping[str, Any]):
@@ -63,6 +70,7 @@ def build_app(config: AppConfig | Mapping[str, Any]):
             num_replicas=1,  # one queue per model: batches form from all of its requests
             ray_actor_options=light,
             max_ongoing_requests=_model_ongoing(m, cfg),
+            max_queued_requests=_model_held(m, cfg),
         ).bind(m.model_dump(mode="json"), cfg.limits.model_dump(mode="json"), fleet)
     ingress = serve.deployment(
         serve.ingress()(Ingress),

@@ -33,14 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from eclip_ray.serve import build_app, load_config
+    from eclip_ray.serve import build_app
 
-    path = args.config or EXAMPLE
-    if not path.is_file():
-        raise SystemExit(f"no config at {path}; pass --config PATH")
-    cfg, entry = load_config(path)
-    overrides = {"host": args.host, "port": args.port, "backend": args.backend}
-    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None}).resolved()
+    cfg, entry = app_config(args)
     name = entry.get("name", "eclip")
     local = "RAY_ADDRESS" not in os.environ
     ray.init(**({"_metrics_export_port": args.metrics_port} if local else {}))
@@ -56,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def app_config(args: argparse.Namespace):
+    """The AppConfig to serve (the config file's, with the command line's overrides) and its Serve entry."""
+    from eclip_ray.serve import load_config
+
+    path = args.config or EXAMPLE
+    if not path.is_file():
+        raise SystemExit(f"no config at {path}; pass --config PATH")
+    cfg, entry = load_config(path)
+    overrides = {"host": args.host, "port": args.port, "backend": args.backend}
+    return cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None}).resolved(), entry
 
 
 def _wait_ready(url: str, timeout_s: float) -> None:

@@ -68,6 +68,11 @@ class ModelConfig(BaseModel):
         description="Latency objective. Batching never waits past the point where the batch's expected run time "
         "would overrun it; requests over it count as SLO violations.",
     )
+    max_queue_size: int | None = Field(
+        None,
+        ge=1,
+        description="Requests of this model waiting for a batch (503 beyond). Default: limits.max_queue_size.",
+    )
     replicas: int = Field(1, ge=1, description="Number of GPUs that host this model (a hot model gets several).")
     expected_rps: float | None = Field(
         None, gt=0, description="Predicted requests per second, for placing models on GPUs (needs a profile)."
@@ -122,7 +127,15 @@ class Limits(BaseModel):
 
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted (413 beyond).")
     max_queue_size: int = Field(
-        256, ge=1, description="Requests of one model waiting for a batch; more are refused with 503."
+        256,
+        ge=1,
+        description="Requests of one model waiting for a batch; more are refused with 503 (per model: "
+        "ModelConfig.max_queue_size).",
+    )
+    reject_over_slo: bool = Field(
+        True,
+        description="Refuse at once (503) a request of a model with slo_ms that the queue ahead of it would make "
+        "late, by the measured run time of its batches.",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the GPU actor's answer to a batch before 503."
@@ -186,6 +199,11 @@ class AppConfig(BaseModel):
 
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
+
+
+def queue_size(model: ModelConfig, limits: Limits) -> int:
+    """The bound of ``model``'s queue: its own, else the app's."""
+    return model.max_queue_size or limits.max_queue_size
 
 
 IMPORT_PATH = "eclip_ray.serve.api:app_builder"

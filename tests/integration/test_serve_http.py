@@ -1,7 +1,8 @@
 """End to end through real Ray Serve on the CPU backend: tritonclient.http and plain HTTP, JSON and binary.
 
 One application for the module: two logical GPUs (CPU backend, ``num_gpus=0``
-actors), tiny-cnn replicated on both and tiny-bert on one. The last test kills
+actors), tiny-cnn replicated on both, tiny-bert on one and a ResNet-18 with a
+short queue ("flood") on the other. The last test kills
 a GPU actor and watches requests fail fast with 503 and recover by themselves.
 """
 
@@ -35,8 +36,10 @@ CONFIG = {
         # a long wait so that concurrent requests surely meet in one batch
         {"name": "tiny-cnn", "replicas": 2, "max_batch_size": 8, "batch_wait_timeout_s": 0.3},
         {"name": "tiny-bert", "max_batch_size": 4, "batch_wait_timeout_s": 0.002, "slo_ms": 5000},
+        # to be flooded: a short queue before a model slow enough on a CPU (~40 ms a row) to fill it
+        {"name": "flood", "loader": "resnet18", "max_batch_size": 1, "batch_wait_timeout_s": 0, "max_queue_size": 2},
     ],
-    "limits": {"request_timeout_s": 20, "retry_after_s": 1},
+    "limits": {"request_timeout_s": 20, "retry_after_s": 1, "max_request_bytes": 1 << 20},
 }
 IMG = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype("<f4")
 IDS = np.random.default_rng(1).integers(0, 1000, (3, 16)).astype("<i8")
@@ -162,6 +165,49 @@ def test_plain_http_json_and_hand_framed_binary(server):
     np.testing.assert_array_equal(np.frombuffer(r.content[n:], "<f4").reshape(3, 16, 64), via_json)
 
 
+def _head(shape: list[int], size: int) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": size}}]}
+    ).encode()
+
+
+ONE = np.zeros((1, 3, 32, 32), "<f4").tobytes()
+BAD_OVER_HTTP = {  # id: (path, body, headers, status, words)
+    "malformed JSON": ("tiny-cnn/infer", b'{"inputs": [{"name": ', {}, 400, "malformed"),
+    "wrong datatype": (
+        "tiny-cnn/infer",
+        json.dumps({"inputs": [{"name": "input", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 3]}]}).encode(),
+        {},
+        400,
+        "has datatype INT8; the model takes FP32",
+    ),
+    "header length past the body": (
+        "tiny-cnn/infer",
+        _head([1, 3, 32, 32], 12288) + ONE,
+        {codec.HEADER: "99999"},
+        400,
+        "but the body has",
+    ),
+    "binary_data_size vs shape": (
+        "tiny-cnn/infer",
+        _head([2, 3, 32, 32], 12288) + ONE,
+        {codec.HEADER: str(len(_head([2, 3, 32, 32], 12288)))},
+        400,
+        "needs 24576",
+    ),
+    "body over the limit": ("tiny-cnn/infer", b" " * (2 << 20), {}, 413, "the limit is 1048576"),
+    "unknown path": ("tiny-cnn/explain", b"{}", {}, 404, "Not Found"),
+}
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "words"), BAD_OVER_HTTP.values(), ids=BAD_OVER_HTTP)
+def test_bad_requests_over_http_leave_the_models_serving(server, path, body, headers, status, words):
+    r = httpx.post(f"{server.url}/v2/models/{path}", content=body, headers=headers, timeout=30)
+    assert r.status_code == status and words in r.json()["error"], r.text
+    assert _infer(server, "tiny-cnn", "input", IMG[:1]).status_code == 200
+    assert _infer(server, "tiny-bert", "input_ids", IDS[:1]).status_code == 200
+
+
 def test_bad_requests_over_http(server):
     r = httpx.post(f"{server.url}/v2/models/resnet9/infer", content=b"{}", timeout=10)
     assert r.status_code == 404 and "unknown model 'resnet9'" in r.json()["error"]
@@ -189,6 +235,33 @@ def test_concurrent_requests_are_batched(server):
     batches = after["execution_count"] - before["execution_count"]
     assert requests == 8 and batches < 8
     assert max(b["batch_size"] for b in after["batch_stats"]) > 1
+
+
+FLOOD = 48  # requests, all sent at once
+FLOOD_IMG = np.zeros((1, 3, 224, 224), "<f4")
+
+
+def test_a_flooded_model_answers_every_request_once_200_or_503(server):
+    before = _stats(server, "flood")
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=FLOOD)) as client:
+
+        def send(i: int) -> httpx.Response:
+            body, n = codec.encode_request([("input", FLOOD_IMG)])
+            return client.post(f"{server.url}/v2/models/flood/infer", content=body, headers={codec.HEADER: str(n)})
+
+        with ThreadPoolExecutor(FLOOD) as pool:
+            answers = list(pool.map(send, range(FLOOD)))
+    codes = [r.status_code for r in answers]
+    assert len(answers) == FLOOD and set(codes) <= {200, 503}, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and "'flood' is overloaded" in r.json()["error"], r.text
+    ok, refused = codes.count(200), codes.count(503)
+    assert ok >= 1 and refused >= 1, codes  # 2 queued and 2 running cannot hold 48 at once
+    after = _stats(server, "flood")  # the model counted each answered request once; some were refused before it
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == ok
+    assert after["inference_stats"]["fail"]["count"] - before["inference_stats"]["fail"]["count"] <= refused
+    assert _infer(server, "flood", "input", FLOOD_IMG).status_code == 200  # and it serves on
 
 
 def test_metrics_reach_prometheus(server):

@@ -154,3 +154,102 @@ async def test_a_cancelled_request_leaves_the_queue():
     gone.cancel()
     got = await kept
     assert actor.batches == [1] and got.outputs[0][0, 0] == 2.0
+
+
+# -- admission: refuse at once what cannot be served in time --------------------------------------------
+
+
+def test_expected_time_counts_the_batches_ahead_and_those_running():
+    p = policy(max_batch=4)
+    ten_ms = lambda _bucket: 0.010  # noqa: E731
+    assert p.expected_s(rows_ahead=0, rows=1, inflight=0, max_inflight=2, estimate=ten_ms) == pytest.approx(0.010)
+    # 9 rows ahead + 3 = 3 full batches, behind 1 running: 4 batches, two at a time = 2 waves
+    assert p.expected_s(rows_ahead=9, rows=3, inflight=1, max_inflight=2, estimate=ten_ms) == pytest.approx(0.020)
+    assert p.expected_s(rows_ahead=9, rows=3, inflight=2, max_inflight=1, estimate=ten_ms) == pytest.approx(0.050)
+    assert p.expected_s(rows_ahead=100, rows=1, inflight=9, max_inflight=1, estimate=zero) == 0.0  # nothing measured
+
+
+class HeldActor:
+    """Batches run until ``release`` is set: the queue behind them stays put while the test looks."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.batches: list[int] = []
+
+    async def run(self, inputs: list[np.ndarray]) -> BatchResult:
+        self.batches.append(int(inputs[0].shape[0]))
+        await self.release.wait()
+        return BatchResult(("y",), (inputs[0],), 0.0, 0, "whole")
+
+
+async def _settle() -> None:
+    for _ in range(5):  # let the batcher's loop take what it will
+        await asyncio.sleep(0)
+
+
+def held_batcher(actor: HeldActor, slo_s: float | None, **kw) -> Batcher:
+    b = Batcher(
+        policy(wait_s=0.0, slo_s=slo_s, max_batch=1), actor.run, max_inflight=1, retry_after_s=2, name="model 'm'", **kw
+    )
+    b.times.observe(1, 0.100)  # a batch has been measured at 100 ms
+    return b
+
+
+@sync
+async def test_a_request_that_would_miss_its_slo_is_refused_at_once():
+    actor = HeldActor()
+    b = held_batcher(actor, slo_s=0.250, max_queue=100)
+    first = asyncio.ensure_future(b.submit(rows(1, 0), 1))
+    await _settle()
+    assert b.refusal(1) is None  # 1 running + itself: 200 ms
+    second = asyncio.ensure_future(b.submit(rows(1, 1), 1))
+    await _settle()
+    assert actor.batches == [1] and b.queued == 1
+    # 1 running + 1 queued + itself: 300 ms > 250 ms, although the queue has room for 98 more
+    with pytest.raises(RequestError) as e:
+        await b.submit(rows(1, 2), 1)
+    f = e.value.failure
+    assert f.status == 503 and f.retry_after_s == 2
+    assert "model 'm' is overloaded" in f.message and "about 300 ms, over the SLO of 250 ms" in f.message
+    assert b.queued == 1  # the refused request took no place
+    actor.release.set()
+    assert [r.outputs[0][0, 0] for r in await asyncio.gather(first, second)] == [0.0, 1.0]  # nothing lost
+
+
+@sync
+async def test_without_slo_or_with_rejection_off_only_the_queue_bound_applies():
+    for slo_s, reject in ((None, True), (0.250, False)):
+        actor = HeldActor()
+        b = held_batcher(actor, slo_s=slo_s, max_queue=3, reject_over_slo=reject)
+        accepted = [asyncio.ensure_future(b.submit(rows(1, 0), 1))]
+        await _settle()  # it runs
+        accepted += [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in range(1, 4)]
+        await _settle()
+        assert len(actor.batches) == 1 and b.queued == 3
+        with pytest.raises(RequestError, match="its queue is full \\(3 requests waiting\\)"):
+            await b.submit(rows(1, 9), 1)
+        actor.release.set()
+        assert len(await asyncio.gather(*accepted)) == 4
+
+
+@sync
+async def test_nothing_is_refused_for_the_slo_before_a_batch_was_measured():
+    actor = HeldActor()
+    b = Batcher(policy(wait_s=0.0, slo_s=0.001, max_batch=1), actor.run, max_queue=10, max_inflight=1)
+    accepted = [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in range(5)]
+    await _settle()
+    assert b.queued == 4 and b.refusal(1) is None
+    actor.release.set()
+    await asyncio.gather(*accepted)
+
+
+@sync
+async def test_a_request_with_nothing_ahead_is_admitted_even_if_batches_were_slow():
+    actor = HeldActor()
+    b = held_batcher(actor, slo_s=0.050, max_queue=10)  # measured 100 ms, over the 50 ms SLO
+    assert b.refusal(1) is None  # it runs at once, and its time refreshes the estimate
+    first = asyncio.ensure_future(b.submit(rows(1, 0), 1))
+    await _settle()
+    assert "over the SLO of 50 ms" in b.refusal(1)
+    actor.release.set()
+    await first

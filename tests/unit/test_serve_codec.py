@@ -177,3 +177,78 @@ def test_header_length_must_be_a_number():
     assert codec.header_length("12") == 12
     with pytest.raises(RequestError, match="byte count"):
         codec.header_length("-1")
+
+
+# -- fuzzing: whatever arrives, the decoder answers with its own error (a 400), never anything else --------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+SHAPES = st.lists(st.integers(-2, 4), max_size=3) | JSON_VALUES
+
+
+@st.composite
+def fuzzed_inputs(draw):
+    """An input that is nearly valid: each field is sometimes right, sometimes random."""
+    item = {
+        "name": draw(st.sampled_from(["x", "y"]) | JSON_VALUES),
+        "datatype": draw(st.sampled_from([*DATATYPES, "BYTES"]) | JSON_VALUES),
+        "shape": draw(SHAPES),
+    }
+    if draw(st.booleans()):
+        item["data"] = draw(JSON_VALUES)
+    else:
+        item["parameters"] = {"binary_data_size": draw(st.integers(-1, 64) | JSON_VALUES)}
+    return item
+
+
+def _decodes_or_refuses(body: bytes, json_length: int | None) -> None:
+    try:
+        req = codec.decode_request(body, json_length)
+    except RequestError as e:
+        assert e.failure.status == 400 and e.failure.message
+        return
+    for name, array in req.inputs.items():  # only numbers come out: no objects, the declared datatype
+        assert array.dtype == codec.np_dtype(req.datatypes[name]) and array.dtype.kind != "O"
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200), json_length=st.none() | st.integers(-4, 210))
+def test_random_bytes_never_crash_the_decoder(body, json_length):
+    _decodes_or_refuses(body, json_length)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    inputs=st.lists(fuzzed_inputs(), max_size=3) | JSON_VALUES,
+    extra=st.dictionaries(st.sampled_from(["id", "outputs", "parameters"]), JSON_VALUES, max_size=3),
+    tail=st.binary(max_size=80),
+    binary=st.booleans(),
+)
+def test_random_documents_never_crash_the_decoder(inputs, extra, tail, binary):
+    head = json.dumps({"inputs": inputs, **extra}).encode()
+    _decodes_or_refuses(head + tail if binary else head, len(head) if binary else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=6))
+def test_any_header_value_is_a_count_or_a_400(value):
+    try:
+        n = codec.header_length(value)
+    except RequestError as e:
+        assert e.failure.status == 400
+        return
+    assert isinstance(n, int) and n >= 0
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"inputs": [{"data": ' + b"[" * 3000 + b"1" + b"]" * 3000 + b"}]}"])
+def test_deeply_nested_json_is_a_400(body):
+    assert "nested too deeply" in _bad(body)
+
+
+def test_a_header_length_in_other_digits_is_a_400():
+    for value in ("²", "１２", "1_0"):
+        with pytest.raises(RequestError, match="byte count"):
+            codec.header_length(value)

@@ -10,10 +10,13 @@ import asyncio
 import functools
 import inspect
 import json
+import string
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eclip_ray.actor import GpuWorker
 from eclip_ray.serve import AppConfig
@@ -133,23 +136,93 @@ def _json(name="input", datatype="FP32", shape=(1, 3, 32, 32)) -> bytes:
     return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": list(shape), "data": data}]}).encode()
 
 
-@pytest.mark.parametrize(
-    ("model", "body", "status", "words"),
-    [
-        ("nope", _json(), 404, "unknown model 'nope'"),
-        ("tiny-cnn", _json(name="image"), 400, "has no input named ['image']"),
-        ("tiny-cnn", _json(shape=(1, 3, 31, 32)), 400, "has shape [1, 3, 31, 32]; the model takes [-1, 3, 32, 32]"),
-        ("tiny-cnn", _json(datatype="FP64"), 400, "has datatype FP64; the model takes FP32"),
-        ("tiny-cnn", _json(shape=(5, 3, 32, 32)), 400, "5 rows exceeds max_batch_size 4"),
-        ("tiny-cnn", b'{"inputs": [', 400, "malformed"),
-        ("tiny-cnn", _json(shape=(64, 3, 32, 32)), 413, "limit is 200000"),
-    ],
-)
+def _binary(size: int | None = None, extra: bytes = b"", rows: int = 1) -> tuple[bytes, dict]:
+    """A binary-extension request for tiny-cnn whose declared sizes may disagree with what it carries."""
+    data = np.zeros((rows, 3, 32, 32), "<f4").tobytes()
+    size = len(data) if size is None else size
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [rows, 3, 32, 32],
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    return head + data + extra, {codec.HEADER: str(len(head))}
+
+
+CNN = "/v2/models/tiny-cnn/infer"
+BAD_REQUESTS = {  # id: (path, body, headers, status, words the error must hold)
+    "unknown model": ("/v2/models/nope/infer", _json(), {}, 404, "unknown model 'nope'"),
+    "unknown version": ("/v2/models/tiny-cnn/versions/2/infer", _json(), {}, 404, "has no version '2'"),
+    "unknown path": ("/v2/models/tiny-cnn/predict", _json(), {}, 404, "/v2/models/tiny-cnn/predict: Not Found"),
+    "wrong method": ("/v2/health/live", b"", {}, 405, "Method Not Allowed"),
+    "wrong input name": (CNN, _json(name="image"), {}, 400, "has no input named ['image']"),
+    "missing input": (CNN, _json(name="image"), {}, 400, "is missing ['input']"),
+    "wrong shape": (
+        CNN,
+        _json(shape=(1, 3, 31, 32)),
+        {},
+        400,
+        "has shape [1, 3, 31, 32]; the model takes [-1, 3, 32, 32]",
+    ),
+    "no batch dimension": (CNN, _json(shape=(3, 32, 32)), {}, 400, "has shape [3, 32, 32]"),
+    "wrong datatype": (CNN, _json(datatype="FP64"), {}, 400, "has datatype FP64; the model takes FP32"),
+    "unsupported datatype": (CNN, _json(datatype="BYTES"), {}, 400, "unsupported datatype 'BYTES'"),
+    "no rows": (CNN, _json(shape=(0, 3, 32, 32)), {}, 400, "has no rows"),
+    "batch over the maximum": (CNN, _json(shape=(5, 3, 32, 32)), {}, 400, "5 rows exceeds max_batch_size 4"),
+    "truncated JSON": (CNN, b'{"inputs": [', {}, 400, "malformed"),
+    "empty body": (CNN, b"", {}, 400, "the request body is empty"),
+    "not UTF-8": (CNN, b"\xff\xfe{}", {}, 400, "malformed"),
+    "JSON not an object": (CNN, b"[1, 2]", {}, 400, "must be a JSON object"),
+    "nested too deeply": (CNN, b"[" * 50_000, {}, 400, "nested too deeply"),
+    "header length not a number": (CNN, _binary()[0], {codec.HEADER: "12abc"}, 400, "must be a byte count"),
+    "header length past the body": (CNN, _binary()[0], {codec.HEADER: "999999"}, 400, "but the body has"),
+    "binary size vs shape": (CNN, *_binary(size=100), 400, "binary_data_size is 100 bytes but shape [1, 3, 32, 32]"),
+    "bytes left over": (
+        CNN,
+        *_binary(extra=b"junk"),
+        400,
+        "carries 12292 bytes of binary tensor data but the inputs declare 12288",
+    ),
+    "bytes missing": (CNN, _binary()[0][:-4], _binary()[1], 400, "run past the end of the body"),
+    "body over the limit": (CNN, _json(shape=(64, 3, 32, 32)), {}, 413, "limit is 200000"),
+}
+
+
+async def _good_requests_still_work(c: httpx.AsyncClient) -> None:
+    ids = np.zeros((1, 16), "<i8")
+    for model, name, x in (("tiny-cnn", "input", IMG), ("tiny-bert", "input_ids", ids)):
+        r = await post(c, model, *codec.encode_request([(name, x)]))
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "words"), BAD_REQUESTS.values(), ids=BAD_REQUESTS)
 @sync
-async def test_bad_requests_get_4xx_naming_the_problem(app_config, worker, model, body, status, words):
+async def test_bad_requests_get_4xx_naming_the_problem(app_config, worker, path, body, headers, status, words):
     async with client(app_config, {0: worker}) as c:
-        r = await post(c, model, body, None)
-        assert r.status_code == status and words in r.json()["error"]
+        r = await c.post(path, content=body, headers=headers)
+        assert r.status_code == status and words in r.json()["error"], r.text
+        stats = (await c.get("/v2/models/tiny-cnn/stats")).json()["model_stats"][0]
+        assert stats["execution_count"] == 0 and stats["inference_stats"]["fail"]["count"] == 0  # no batch ran
+        await _good_requests_still_work(c)
+
+
+@sync
+async def test_a_streamed_body_over_the_limit_is_cut_off_with_413(app_config, worker):
+    async def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(40):
+            yield b" " * 10_000
+
+    async with client(app_config, {0: worker}) as c:
+        r = await c.post(CNN, content=chunks())
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 413 and "exceeds the limit of 200000 bytes" in r.json()["error"]
+        await _good_requests_still_work(c)
 
 
 class Silent:
@@ -222,3 +295,98 @@ async def test_a_batch_moves_to_another_replica_when_its_actor_is_down(app_confi
     async with client(app_config, {0: Restarting()}, retry_after_s=4) as c:
         r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))
         assert r.status_code == 503 and r.headers["retry-after"] == "4" and "restarting" in r.json()["error"]
+
+
+@sync
+async def test_a_model_that_failed_to_load_gets_503_and_the_others_serve():
+    cfg = AppConfig.model_validate(
+        {
+            "backend": "cpu",
+            "allowed_modules": ["collections"],
+            "models": [
+                {"name": "tiny-cnn", "max_batch_size": 4, "batch_wait_timeout_s": 0.0},
+                # the factory builds a dict, not an nn.Module: loading fails in the actor
+                {
+                    "name": "bad",
+                    "loader": "collections:OrderedDict",
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
+                },
+            ],
+        }
+    ).resolved()
+    w = GpuWorker([m.served() for m in cfg.models], backend="cpu", allowed_modules=cfg.allowed_modules)
+    try:
+        async with client(cfg, {0: w}, retry_after_s=3) as c:
+            r = await post(c, "bad", *codec.encode_request([("x", np.zeros((1, 4), "<f4"))]))
+            assert r.status_code == 503 and r.headers["retry-after"] == "3"
+            assert "model 'bad' failed to load on GPU 0" in r.json()["error"]
+            ready = await c.get("/v2/models/bad/ready")
+            assert ready.status_code == 400 and "model 'bad' is not ready: GPU 0: AttributeError" in ready.text
+            assert (await c.get("/v2/health/ready")).status_code == 400
+            assert (await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))).status_code == 200
+    finally:
+        w.close()
+
+
+# -- fuzzing every route of the served OpenAPI schema (in place of schemathesis: no extra dependency) -------
+
+ALPHABET = string.ascii_letters + string.digits + "-_.~%"
+NAMES = st.sampled_from(["tiny-cnn", "tiny-bert", "broken", "1"]) | st.text(ALPHABET, min_size=1, max_size=12)
+BODIES = (
+    st.binary(max_size=64)
+    | st.sampled_from([_json(), _json(shape=(9, 3, 32, 32)), _binary()[0], b"{}"])
+    | st.recursive(st.integers() | st.text(max_size=4), lambda x: st.lists(x, max_size=3), max_leaves=8).map(
+        lambda v: json.dumps({"inputs": v}).encode()
+    )
+)
+
+
+def _routes() -> list[tuple[str, str]]:
+    schema = make_app(Ingress(CONFIG, {}, metrics=False)).openapi()
+    return [(method.upper(), path) for path, ops in schema["paths"].items() for method in ops]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    route=st.sampled_from(_routes()),
+    name=NAMES,
+    version=NAMES,
+    body=BODIES,
+    header=st.none() | st.text(string.digits + "x -", max_size=6),
+)
+def test_any_request_to_any_route_gets_one_kserve_answer_never_a_500(
+    app_config, worker, route, name, version, body, header
+):
+    method, path = route
+    url = path.replace("{name}", name).replace("{version}", version)
+    headers = {} if header is None else {codec.HEADER: header}
+
+    async def send() -> httpx.Response:
+        async with client(app_config, {0: worker}, request_timeout_s=1) as c:
+            return await c.request(method, url, content=body if method == "POST" else None, headers=headers)
+
+    r = asyncio.run(send())
+    assert r.status_code < 500 or r.status_code == 503, r.text
+    if r.status_code >= 400:
+        assert set(r.json()) == {"error"} and r.json()["error"]
+    if r.status_code == 503:
+        assert r.headers["retry-after"]
+
+
+class Refusing:
+    """A model deployment whose Serve queue is full: the handle raises before the call reaches it."""
+
+    def infer(self, inputs):
+        from ray.serve.exceptions import BackPressureError
+
+        raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
+
+
+@sync
+async def test_serve_backpressure_in_front_of_a_model_is_a_503_naming_the_overload(app_config):
+    cfg = app_config.model_copy(update={"limits": app_config.limits.model_copy(update={"retry_after_s": 5})})
+    app = make_app(Ingress(cfg.model_dump(mode="json"), {"tiny-cnn": Handle(Refusing())}, metrics=False))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json() == {"error": "model 'tiny-cnn' is overloaded: too many requests waiting; retry later"}

@@ -9,7 +9,10 @@ The expected run time is the measured round trip of batches padded to the same
 captured size (``ServiceTimes``): a batch of 5 on sizes (4, 8) costs what 8 costs.
 
 ``Batcher`` applies the policy to an asyncio queue, with a few batches in
-flight at once (the GPU actor overlaps them) and a bounded queue.
+flight at once (the GPU actor overlaps them). It admits a request only while
+the queue has room and, for a model with an SLO, while the work ahead of it
+(``BatchPolicy.expected_s``) lets it finish in time; otherwise it refuses at
+once with 503 and Retry-After, so that latency cannot grow without bound.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +65,18 @@ class BatchPolicy:
         if now >= latest:
             return Decision(take, 0.0)
         return Decision(0, latest - now)
+
+    def expected_s(
+        self, rows_ahead: int, rows: int, inflight: int, max_inflight: int, estimate: Callable[[int], float]
+    ) -> float:
+        """Seconds until a request of ``rows`` rows, queued behind ``rows_ahead`` rows and ``inflight``
+        running batches, has its answer, if batches are full and ``max_inflight`` run at a time, each
+        taking ``estimate(bucket)``. It assumes full batches and no batching wait (optimistic), but
+        counts the running batches as if they had just started (pessimistic)."""
+        total = rows_ahead + rows
+        batches = math.ceil(total / self.max_batch_size)
+        waves = math.ceil((inflight + batches) / max_inflight)
+        return waves * estimate(self.bucket(min(total, self.max_batch_size)))
 
 
 class ServiceTimes:
@@ -116,6 +132,8 @@ class Batcher:
         max_inflight: int,
         retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        reject_over_slo: bool = True,
+        name: str = "this model",
     ) -> None:
         self.policy = policy
         self.times = ServiceTimes(policy.sizes)
@@ -123,6 +141,8 @@ class Batcher:
         self.max_queue = max_queue
         self.max_inflight = max_inflight
         self.retry_after_s = retry_after_s
+        self.reject_over_slo = reject_over_slo
+        self.name = name
         self._clock = clock
         self._queue: deque[_Waiting] = deque()
         self._inflight = 0
@@ -135,14 +155,31 @@ class Batcher:
 
     async def submit(self, inputs: Sequence[np.ndarray], rows: int) -> Batched:
         """Queue one request (arrays in input order) and wait for its rows of the batch's outputs."""
-        if len(self._queue) >= self.max_queue:
-            raise unavailable(f"the queue is full ({self.max_queue} requests waiting)", self.retry_after_s)
+        refusal = self.refusal(rows)
+        if refusal is not None:
+            raise unavailable(f"{self.name} is overloaded: {refusal}; retry later", self.retry_after_s)
         waiting = _Waiting(inputs, rows, self._clock(), asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         return await waiting.future
+
+    def refusal(self, rows: int) -> str | None:
+        """Why a request of ``rows`` rows arriving now is refused (None: it is admitted)."""
+        if len(self._queue) >= self.max_queue:
+            return f"its queue is full ({self.max_queue} requests waiting)"
+        slo_s = self.policy.slo_s
+        if slo_s is None or not self.reject_over_slo or not (self._queue or self._inflight):
+            return None  # with nothing ahead it runs at once: a stale, slow estimate cannot lock the model out
+        ahead = sum(w.rows for w in self._queue)
+        expected = self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.estimate)
+        if expected <= slo_s:
+            return None
+        return (
+            f"with {len(self._queue)} requests queued and {self._inflight} batches running ahead of it, "
+            f"it would take about {1e3 * expected:.0f} ms, over the SLO of {1e3 * slo_s:g} ms"
+        )
 
     async def _loop(self) -> None:
         while True:

@@ -51,7 +51,8 @@ def header_length(value: str | None) -> int | None:
     """The ``Inference-Header-Content-Length`` header as an int (None when absent)."""
     if value is None:
         return None
-    if not value.strip().isdigit():
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):  # int() also takes '²' and '１２'
         raise _bad(f"{HEADER} must be a byte count, got {value!r}")
     return int(value)
 
@@ -59,6 +60,8 @@ def header_length(value: str | None) -> int | None:
 def decode_request(body: bytes, json_length: int | None = None) -> InferRequest:
     """Parse a request body; ``json_length`` is the ``Inference-Header-Content-Length`` value."""
     view = memoryview(body)
+    if not body:
+        raise _bad("the request body is empty; it must hold a JSON inference request")
     if json_length is None:
         json_length = len(body)
     if not 0 < json_length <= len(body):
@@ -87,6 +90,8 @@ def _parse_json(data: memoryview) -> dict:
         doc = json.loads(bytes(data))
     except (UnicodeDecodeError, ValueError) as e:
         raise _bad(f"the request's JSON is malformed: {e}") from None
+    except RecursionError:
+        raise _bad("the request's JSON is nested too deeply") from None
     return _object(doc, "the request")
 
 
@@ -158,7 +163,7 @@ def _from_json(name: str, data: Any, datatype: str, shape: tuple[int, ...]) -> n
     dtype = np_dtype(datatype)
     try:
         raw = np.array(data)
-    except (ValueError, OverflowError) as e:
+    except (ValueError, OverflowError, TypeError, RecursionError) as e:
         raise _bad(f"input {name!r}: 'data' is not a (nested) list of numbers: {e}") from None
     if raw.size != math.prod(shape):
         raise _bad(f"input {name!r}: 'data' has {raw.size} elements but shape {list(shape)} needs {math.prod(shape)}")

@@ -13,12 +13,14 @@ Serve calls ``__serve_build_asgi_app__`` for it in the replica.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from eclip_ray.serve._private import codec
 from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
@@ -27,8 +29,16 @@ from eclip_ray.serve._private.model_deployment import Reply
 from eclip_ray.serve._private.validate import check_inputs, check_outputs
 from eclip_ray.serve.config import AppConfig, ModelConfig
 
+log = logging.getLogger(__name__)
+
 VERSION = "1"
 READY_TIMEOUT_S = 5.0
+
+
+def _is_backpressure(e: Exception) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(e, BackPressureError)
 
 
 def error_response(failure: Failure) -> JSONResponse:
@@ -66,6 +76,9 @@ class Ingress:
         except RequestError as e:
             status = e.failure.status
             return error_response(e.failure)
+        except Exception as e:  # a bug, not the client's fault: still one KServe-style answer
+            log.exception("request for model %r failed", name)
+            return error_response(Failure(500, f"internal error ({type(e).__name__}); see the server's log"))
         finally:
             slo = self.specs[name].slo_ms if name in self.specs else None
             self.metrics.request(name, status, time.perf_counter() - t0, slo)
@@ -103,10 +116,13 @@ class Ingress:
     async def _call(self, name: str, arrays: list) -> Reply:
         try:
             reply: Reply = await self.models[name].infer.remote(arrays)
-        except Exception as e:  # the model's deployment itself is down or overloaded
-            raise unavailable(
-                f"model {name!r} is unavailable ({type(e).__name__}); retry later", self.cfg.limits.retry_after_s
-            ) from None
+        except Exception as e:  # the model's deployment itself is down, or Serve's queue before it is full
+            why = (
+                "is overloaded: too many requests waiting"
+                if _is_backpressure(e)
+                else f"is unavailable ({type(e).__name__})"
+            )
+            raise unavailable(f"model {name!r} {why}; retry later", self.cfg.limits.retry_after_s) from None
         if reply.failure is not None:
             raise RequestError(reply.failure.status, reply.failure.message, reply.failure.retry_after_s)
         return reply
@@ -147,6 +163,12 @@ def make_app(ingress: Ingress) -> FastAPI:
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError) -> Response:
         return error_response(e.failure)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException) -> Response:
+        # Unknown paths and methods get the KServe error body too, not FastAPI's {"detail": ...}.
+        message = f"{request.method} {request.url.path}: {e.detail}"
+        return JSONResponse({"error": message}, status_code=e.status_code, headers=e.headers)
 
     @app.get("/v2/health/live")
     async def live() -> dict:

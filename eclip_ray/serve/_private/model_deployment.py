@@ -23,7 +23,7 @@ from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
 from eclip_ray.serve._private.metrics import RayServeMetrics, ServeMetrics
 from eclip_ray.serve._private.routing import ActorRouter, Route
 from eclip_ray.serve._private.stats import ModelStats
-from eclip_ray.serve.config import Limits, ModelConfig
+from eclip_ray.serve.config import Limits, ModelConfig, queue_size
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,11 @@ class ModelDeployment:
         self.batcher = Batcher(
             policy,
             self._run,
-            max_queue=self.limits.max_queue_size,
+            max_queue=queue_size(self.cfg, self.limits),
             max_inflight=2 * self.cfg.replicas,  # two per actor: one running while the next is on its way
             retry_after_s=self.limits.retry_after_s,
+            reject_over_slo=self.limits.reject_over_slo,
+            name=f"model {self.cfg.name!r}",
         )
         self.stats = ModelStats(self.cfg.name)
         self.metrics: ServeMetrics = RayServeMetrics([self.cfg.name]) if metrics else ServeMetrics()
