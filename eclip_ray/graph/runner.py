@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -83,11 +83,6 @@ class Pending:
         if self.event is not None:
             self.event.synchronize()
         return tuple(o[: self.rows] for o in self.outputs)
-
-
-@dataclass
-class _Stats:
-    captures: list[CapturedGraph] = field(default_factory=list)
 
 
 class ModelRunner:

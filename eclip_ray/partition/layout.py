@@ -6,6 +6,13 @@ returns). ECLIP placed co-located workers' masks so they overlap as little as
 possible: worker 0 grows from slot 0 upward, the last worker from the top down,
 and middle workers from the start of their own share. The whole GPU is always
 available as the shared ``whole`` partition (an ordinary stream).
+
+Slots are the driver's split order, not physical SM ids, and that order depends on
+where a split starts (measured on the H100): ranges with the same start are nested,
+and a range is disjoint from the prefix below its start, but a range split above a
+prefix is not "the next slots" of a larger prefix. Overlaps computed from slots are
+exact only in those two cases; the pool records the SM ids each partition really
+ran on (``placement.verify_pool``).
 """
 
 from __future__ import annotations
