@@ -1,9 +1,11 @@
 """Turning a served model's ``loader`` into a buildable zoo entry.
 
-A loader is a zoo name (``resnet50``, ``transformers:RobertaConfig``, ...) or a
-``module:factory`` import path of the user's own ``nn.Module`` factory. Import
-paths are honoured only for modules under ``allowed_modules``: a config is not
-a way to run arbitrary code. Weights are built under a fixed seed so that
+A loader is a zoo name (``resnet50``, ``transformers:RobertaConfig``, ...), a
+``module:factory`` import path of the user's own ``nn.Module`` factory, or
+``onnx:<path>`` of a ``.onnx`` file. Import paths are honoured only for modules
+under ``allowed_modules``, ONNX files only under ``allowed_model_dirs`` (after
+resolving symlinks): a config is not a way to run arbitrary code or read
+arbitrary files. Weights are built under a fixed seed so that
 replicas of a random-weight model on several GPUs answer alike.
 """
 
@@ -12,16 +14,46 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from eclip_ray.actor.spec import ServedModel, TensorInfo, torch_dtype
 from eclip_ray.models.zoo import ZooModel
 
 SEED = 0
+ONNX_PREFIX = "onnx:"
 
 
 def is_import_path(loader: str) -> bool:
-    # "transformers:BertConfig" is the zoo's own syntax, not an import path.
-    return ":" in loader and not loader.startswith("transformers:")
+    # "transformers:BertConfig" is the zoo's own syntax, and "onnx:<path>" a file, not import paths.
+    return ":" in loader and not loader.startswith(("transformers:", ONNX_PREFIX))
+
+
+def is_onnx(loader: str) -> bool:
+    return loader.startswith(ONNX_PREFIX)
+
+
+def check_onnx_allowed(loader: str, allowed_dirs: Sequence[str]) -> Path:
+    """The resolved ``.onnx`` file of an ``onnx:<path>`` loader; ValueError unless it lies under ``allowed_dirs``."""
+    from eclip_ray.models.onnx import allowed_path
+
+    path = loader[len(ONNX_PREFIX) :]
+    if not path:
+        raise ValueError(f"loader {loader!r}: give the model file, as onnx:/path/to/model.onnx")
+    try:
+        return allowed_path(path, allowed_dirs)
+    except ValueError as e:
+        raise ValueError(f"loader {loader!r}: {e} (allowed_model_dirs: {list(allowed_dirs)})") from None
+
+
+def onnx_entry(
+    loader: str, allowed_dirs: Sequence[str], name: str | None = None, inputs: Sequence[TensorInfo] = ()
+) -> ZooModel:
+    """The zoo entry of an ``onnx:<path>`` loader; ``inputs`` (declared specs) fix symbolic dimensions."""
+    from eclip_ray.models import onnx as onnx_models
+
+    path = check_onnx_allowed(loader, allowed_dirs)
+    shapes = {t.name: t.shape for t in inputs if t.shape is not None}
+    return onnx_models.zoo_entry(path, allowed_dirs, name=name, input_shapes=shapes)
 
 
 def check_allowed(loader: str, allowed_modules: Sequence[str]) -> None:
@@ -74,9 +106,13 @@ def _inputs_from_specs(inputs: Sequence[TensorInfo]) -> Callable:
     return make_inputs
 
 
-def zoo_entry(model: ServedModel, allowed_modules: Sequence[str] = (), seed: int = SEED) -> ZooModel:
+def zoo_entry(
+    model: ServedModel, allowed_modules: Sequence[str] = (), seed: int = SEED, allowed_model_dirs: Sequence[str] = ()
+) -> ZooModel:
     """The zoo entry the runtime builds ``model`` from, with seeded weights."""
-    if is_import_path(model.loader):
+    if is_onnx(model.loader):
+        spec = onnx_entry(model.loader, allowed_model_dirs, model.name, model.inputs)
+    elif is_import_path(model.loader):
         factory = _import_factory(model.loader, allowed_modules)
         spec = ZooModel(
             name=model.name,

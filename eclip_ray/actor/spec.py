@@ -70,7 +70,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model an actor loads: ``loader`` is a zoo name or a ``module:factory`` import path.
+    """A model an actor loads: ``loader`` is a zoo name, a ``module:factory`` import path or ``onnx:<path>``.
 
     ``batch_sizes`` are the sizes graphs are captured at (a batch is padded to
     the smallest that holds it). ``outputs`` None means: name them

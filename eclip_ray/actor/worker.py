@@ -80,6 +80,8 @@ class GpuWorker:
     CUDA device (0 inside a Ray actor, which sees only its own GPU).
     ``plan_table`` is a path of an ``eclip_ray.planner.PlanTable`` (or an
     object with its ``lookup``); without it every model runs on the whole GPU.
+    ``allowed_modules`` and ``allowed_model_dirs`` bound what loaders may import
+    and read, checked here again whatever the config said.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class GpuWorker:
         device_index: int = 0,
         plan_table: Any = None,
         allowed_modules: Sequence[str] = (),
+        allowed_model_dirs: Sequence[str] = (),
         active_window_s: float = 1.0,
         energy_window_s: float = 5.0,
         metrics: bool = False,
@@ -97,6 +100,7 @@ class GpuWorker:
         self.gpu = gpu
         self.specs = {m.name: m for m in models}
         self.allowed_modules = tuple(allowed_modules)
+        self.allowed_model_dirs = tuple(allowed_model_dirs)
         self.energy_window_s = energy_window_s
         self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
         self.table_error: str | None = None
@@ -158,7 +162,8 @@ class GpuWorker:
         self.selector.prepare(prepared)
 
     def _load(self, spec: ServedModel) -> _Served:
-        runner = self.runtime.load(spec.name, zoo_entry(spec, self.allowed_modules))
+        entry = zoo_entry(spec, self.allowed_modules, allowed_model_dirs=self.allowed_model_dirs)
+        runner = self.runtime.load(spec.name, entry)
         example = runner.example_inputs(1)
         _check_inputs(spec, example)
         outputs = _output_infos(spec, runner.eager(example, WHOLE_PLAN))

@@ -6,7 +6,7 @@ an error rather than a silently ignored setting. Units are in the names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,12 +43,14 @@ class ModelConfig(BaseModel):
     name: str = Field(pattern=MODEL_NAME, description="Name in URLs (/v2/models/{name}) and metrics.")
     loader: str | None = Field(
         None,
-        description="A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...) or a 'module:factory' import "
-        "path of a function returning an nn.Module; the module must be under the app's allowed_modules. "
-        "Default: the model's name, from the zoo.",
+        description="A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...), a 'module:factory' import "
+        "path of a function returning an nn.Module (the module must be under the app's allowed_modules), or "
+        "'onnx:<path>' of a .onnx file under the app's allowed_model_dirs. Default: the model's name, from the zoo.",
     )
     inputs: list[TensorSpec] | None = Field(
-        None, description="Input tensors. Default for zoo models: the zoo's; required for import-path loaders."
+        None,
+        description="Input tensors. Default for zoo models: the zoo's; for ONNX files: the graph's (declare them to "
+        "fix symbolic dimensions); required for import-path loaders.",
     )
     outputs: list[TensorSpec] | None = Field(
         None, description="Output tensors in the order the model returns them. Default: output0, output1, ... (FP32)."
@@ -163,6 +165,11 @@ class AppConfig(BaseModel):
     allowed_modules: list[str] = Field(
         default_factory=list, description="Module prefixes that 'module:factory' loaders may import from."
     )
+    allowed_model_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories that 'onnx:<path>' loaders may read .onnx files from (symlinks resolved first; "
+        "paths as the GPU actors' machines see them). Empty: no ONNX files are loaded.",
+    )
     host: str = Field("127.0.0.1", description="HTTP bind address (eclip-ray serve); 0.0.0.0 exposes it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (eclip-ray serve).")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead GPU actor.")
@@ -171,7 +178,7 @@ class AppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AppConfig:
-        from eclip_ray.actor.loader import check_allowed, is_import_path
+        from eclip_ray.actor.loader import check_allowed, check_onnx_allowed, is_import_path, is_onnx
 
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
@@ -183,15 +190,20 @@ class AppConfig(BaseModel):
                 check_allowed(m.loader_name, self.allowed_modules)
                 if m.inputs is None:
                     raise ValueError(f"model {m.name!r} loads {m.loader_name!r}: declare its inputs")
+            elif is_onnx(m.loader_name):
+                check_onnx_allowed(m.loader_name, self.allowed_model_dirs)
         return self
 
     def resolved(self) -> AppConfig:
-        """This config with every zoo model's inputs filled in from the zoo (builds no weights)."""
-        from eclip_ray.actor.loader import zoo_inputs
+        """This config with every zoo model's inputs filled in from the zoo, and every ONNX model's from its
+        graph (builds no weights)."""
+        from eclip_ray.actor.loader import is_onnx, zoo_inputs
 
         models = []
         for m in self.models:
-            if m.inputs is None:
+            if is_onnx(m.loader_name):
+                m = _resolved_onnx(m, self.allowed_model_dirs)
+            elif m.inputs is None:
                 specs = [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in zoo_inputs(m.loader_name)]
                 m = m.model_copy(update={"inputs": specs})
             models.append(m)
@@ -199,6 +211,24 @@ class AppConfig(BaseModel):
 
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
+
+
+def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelConfig:
+    """``m`` with its inputs read from the ONNX graph (declared ones fix symbolic dimensions)."""
+    from eclip_ray.actor.loader import onnx_entry
+
+    declared = [t.info() for t in m.inputs or ()]
+    entry = onnx_entry(m.loader_name, allowed_model_dirs, m.name, declared)
+    batch = entry.meta["onnx"].batch_size  # None: any batch size
+    if batch is not None and (batch, m.captured_sizes()) != (1, (1,)):
+        raise ValueError(
+            f"model {m.name!r}: {Path(entry.meta['path']).name} was exported for batches of exactly {batch} rows; "
+            "export it with a dynamic batch dimension (batches are padded to each of batch_sizes)"
+        )
+    if m.inputs is not None:
+        return m
+    io = zip(entry.input_names, entry.input_shapes, entry.input_dtypes, strict=True)
+    return m.model_copy(update={"inputs": [TensorSpec(name=n, datatype=d, shape=tuple(s)) for n, s, d in io]})
 
 
 def queue_size(model: ModelConfig, limits: Limits) -> int:

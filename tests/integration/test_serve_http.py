@@ -2,7 +2,8 @@
 
 One application for the module: two logical GPUs (CPU backend, ``num_gpus=0``
 actors), tiny-cnn replicated on both, tiny-bert on one and a ResNet-18 with a
-short queue ("flood") on the other. The last test kills
+short queue ("flood") on the other, and a TinyCNN exported to ONNX ("onnx-cnn",
+loaded from ``allowed_model_dirs``, run by onnxruntime) beside tiny-bert. The last test kills
 a GPU actor and watches requests fail fast with 503 and recover by themselves.
 """
 
@@ -73,9 +74,48 @@ def _wait_ready(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+ONNX_MODEL = "onnx-cnn"
+
+
+def _export_tiny_cnn(path) -> None:
+    """TinyCNN (seeded weights) as ONNX with a dynamic batch dimension."""
+    import warnings
+
+    import torch
+
+    from eclip_ray.models import get
+
+    spec = get("tiny-cnn")
+    torch.manual_seed(0)
+    module = spec.build().eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            spec.make_inputs(2),
+            str(path),
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 @pytest.fixture(scope="module")
-def server():
+def onnx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-cnn.onnx"
+    _export_tiny_cnn(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(onnx_file):
     http_port, metrics_port = _free_port(), _free_port()
+    config = {
+        **CONFIG,
+        "models": [*CONFIG["models"], {"name": ONNX_MODEL, "loader": f"onnx:{onnx_file}", "max_batch_size": 4}],
+        "allowed_model_dirs": [str(onnx_file.parent)],
+    }
     ray.init(
         address="local",
         num_cpus=2,
@@ -85,7 +125,7 @@ def server():
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        serve.run(build_app(CONFIG), name=APP, route_prefix="/")
+        serve.run(build_app(config), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{http_port}"
         _wait_ready(url, 120)
         yield Server(url, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
@@ -116,6 +156,19 @@ def test_tritonclient_health_metadata_and_binary_inference(server):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     gpus = client.get_inference_statistics("tiny-cnn")["model_stats"][0]["gpus"]
     assert sorted(g["gpu"] for g in gpus) == [0, 1] and all(g["inferences"] > 0 for g in gpus)
+
+
+def test_an_onnx_model_from_an_allowed_dir_answers_as_onnxruntime(server, onnx_file):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": IMG})[0]
+    r = _infer(server, ONNX_MODEL, "input", IMG)
+    assert r.status_code == 200, r.text
+    _, outputs = codec.decode_response(r.content, codec.header_length(r.headers.get(codec.HEADER)))
+    np.testing.assert_allclose(outputs["output0"], expected, rtol=1e-4, atol=1e-5)
+    meta = httpx.get(f"{server.url}/v2/models/{ONNX_MODEL}", timeout=10).json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
 
 
 def test_tritonclient_json_inputs_and_outputs(server):

@@ -53,6 +53,7 @@ class GpuFleet:
                 "gpu": gpu,
                 "plan_table": cfg.plan_table,
                 "allowed_modules": cfg.allowed_modules,
+                "allowed_model_dirs": cfg.allowed_model_dirs,
                 "active_window_s": cfg.plan_active_window_s,
                 "energy_window_s": cfg.energy_window_s,
                 "metrics": True,
