@@ -8,7 +8,6 @@ own stream (or partition) and its own requests.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from eclip_ray.models.zoo import canonical
@@ -39,11 +38,3 @@ def resolve(
     return {m.upper(): MIXES[m.upper()] for m in mixes or ()}
 
 
-def instance_names(models: Sequence[str]) -> list[str]:
-    """Unique instance names: a model named twice becomes ``name`` and ``name-2`` (as ``eclip-ray plan`` does)."""
-    seen: Counter[str] = Counter()
-    out = []
-    for m in models:
-        seen[m] += 1
-        out.append(m if seen[m] == 1 else f"{m}-{seen[m]}")
-    return out

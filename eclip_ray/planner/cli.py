@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
@@ -13,6 +11,7 @@ from eclip_ray.models.zoo import canonical
 from eclip_ray.partition.layout import DeviceGeometry, Layout, ladder
 from eclip_ray.planner import baselines, catalog
 from eclip_ray.planner.baselines import Baseline
+from eclip_ray.planner.mixes import instance_names
 from eclip_ray.planner.objective import OBJECTIVES
 from eclip_ray.planner.optimizer import MixPlan, WorkerPlan, optimize
 from eclip_ray.planner.profile import ModelProfile
@@ -54,16 +53,6 @@ def _split(text: str | None, n: int, what: str, cast) -> list:
     if len(items) != n:
         raise PlanError(f"{len(items)} values for {what} but {n} models; give one value or one per model")
     return items
-
-
-def instance_names(models: Sequence[str]) -> list[str]:
-    """Unique instance names: a model named twice becomes ``name`` and ``name-2``."""
-    seen: Counter[str] = Counter()
-    out = []
-    for m in models:
-        seen[m] += 1
-        out.append(m if seen[m] == 1 else f"{m}-{seen[m]}")
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

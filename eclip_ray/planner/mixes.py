@@ -8,7 +8,8 @@ table, because the pool is built once and its partitions do not move.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -98,3 +99,13 @@ def build_mix(
         for name, prof in profiles.items()
     )
     return Mix(layout, workers, s.interference, power, power_note if power is None else "")
+
+
+def instance_names(models: Sequence[str]) -> list[str]:
+    """Unique instance names: a model named twice becomes ``name`` and ``name-2``."""
+    seen: Counter[str] = Counter()
+    out = []
+    for m in models:
+        seen[m] += 1
+        out.append(m if seen[m] == 1 else f"{m}-{seen[m]}")
+    return out
