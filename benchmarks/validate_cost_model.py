@@ -27,7 +27,6 @@ from eclip_ray.bench.stats import percentile
 from eclip_ray.graph import Plan
 from eclip_ray.models.zoo import canonical
 from eclip_ray.models.zoo import get as zoo_get
-from eclip_ray.partition.layout import ladder
 from eclip_ray.planner.catalog import load_power, load_profile
 from eclip_ray.planner.optimizer import optimize
 from eclip_ray.runtime import Runtime
@@ -56,14 +55,11 @@ def validate_mix(name: str, models: list[str], directory: Path, batch: int, seco
     inst = [f"{canonical(m)}#{i}" for i, m in enumerate(models)]
     profiles = {n: load_profile(directory, m, batch) for n, m in zip(inst, models, strict=True)}
     power, note = load_power(directory)
-    rt_probe = Runtime(backend="cuda", workers=len(models))
-    layout = ladder(rt_probe.backend.geometry(), len(models))
-    rt_probe.close()
-    t0 = time.perf_counter()
-    mix_plan = optimize(profiles, layout, None, "throughput", power=power, power_note=note)
-    solve_s = time.perf_counter() - t0
-    plans = mix_plan.plans()
-    with Runtime(backend="cuda", layout=layout) as rt:
+    with Runtime(backend="cuda", workers=len(models)) as rt:  # the pool is ECLIP's ladder for the mix
+        t0 = time.perf_counter()
+        mix_plan = optimize(profiles, rt.layout, None, "throughput", power=power, power_note=note)
+        solve_s = time.perf_counter() - t0
+        plans = mix_plan.plans()
         for n, m in zip(inst, models, strict=True):
             runner = rt.load(n, zoo_get(m))
             runner.capture(plans[n], batch)

@@ -67,15 +67,11 @@ def _calibrate_power(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from eclip_ray.energy.calibrate import power_model
-    from eclip_ray.partition import open_backend
     from eclip_ray.planner.profiler import partition_for, profiling_layout
     from eclip_ray.runtime import Runtime
 
-    probe = open_backend("cuda")
-    layout = profiling_layout(probe.geometry(), args.sizes)
-    probe.close()
-    with Runtime(backend="cuda", layout=layout) as rt:
-        parts = [partition_for(s, layout.geometry) for s in args.sizes]
+    with Runtime(backend="cuda", layout=lambda g: profiling_layout(g, args.sizes)) as rt:
+        parts = [partition_for(s, rt.layout.geometry) for s in args.sizes]
         model = power_model(rt.pool, rt.meter, parts, window_s=args.window_s)
         model["device"] = rt.describe()
     out = Path(args.out)

@@ -6,6 +6,7 @@ actor of the serving layer owns one of these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,23 +16,31 @@ from eclip_ray.graph.runner import ModelRunner
 from eclip_ray.models.zoo import ZooModel
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition import Layout, StreamPool, open_backend
-from eclip_ray.partition.layout import ladder
+from eclip_ray.partition.layout import DeviceGeometry, ladder
 
 
 class Runtime:
-    """One device's pool and models. ``layout`` defaults to ECLIP's ladder for ``workers`` co-located models."""
+    """One device's pool and models.
+
+    ``layout`` is a Layout, a function of the device's geometry that returns one
+    (when the caller does not know the device yet), or None for ECLIP's ladder for
+    ``workers`` co-located models.
+    """
 
     def __init__(
         self,
         backend: str = "auto",
-        layout: Layout | None = None,
+        layout: Layout | Callable[[DeviceGeometry], Layout] | None = None,
         workers: int = 2,
         fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
         device_index: int = 0,
     ) -> None:
         self.backend = open_backend(backend, device_index)
         try:
-            self.layout = layout or ladder(self.backend.geometry(), workers, fractions)
+            geometry = self.backend.geometry()
+            if layout is None:
+                layout = ladder(geometry, workers, fractions)
+            self.layout = layout(geometry) if callable(layout) else layout
             self.pool = StreamPool(self.backend, self.layout)
             self.meter: EnergyMeter = open_meter(self.backend.name, device_index)
         except BaseException:

@@ -154,14 +154,10 @@ def run_profiles(
 
     from eclip_ray.models.zoo import canonical
     from eclip_ray.models.zoo import get as zoo_get
-    from eclip_ray.partition import open_backend
     from eclip_ray.runtime import Runtime
 
-    probe = open_backend("cuda")
-    layout = profiling_layout(probe.geometry(), sizes)
-    probe.close()
     written = []
-    with Runtime(backend="cuda", layout=layout) as rt:
+    with Runtime(backend="cuda", layout=lambda g: profiling_layout(g, sizes)) as rt:
         info = rt.describe()
         bar = tqdm(total=len(models) * len(batch_sizes), disable=not progress, desc="profiling", unit="profile")
         for model in models:

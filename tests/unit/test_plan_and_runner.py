@@ -98,3 +98,19 @@ def test_pool_reports_partitions(pool):
     assert {p["name"] for p in rep["partitions"]} == set(pool.layout.names)
     with pytest.raises(KeyError, match="no partition named"):
         pool["nope"]
+
+
+def test_runtime_takes_a_layout_made_from_the_device_geometry():
+    from eclip_ray.partition.layout import equal_split
+    from eclip_ray.runtime import Runtime
+
+    seen = []
+
+    def make(geometry):
+        seen.append(geometry)
+        return equal_split(geometry, 2)
+
+    with Runtime(backend="cpu", layout=make) as rt:
+        assert seen == [rt.backend.geometry()]
+        assert rt.layout.names == ["p0", "p1"]
+        assert "whole" in rt.pool
