@@ -4,8 +4,12 @@ For each mix, the optimizer plans it from the profiles; the runtime captures the
 plans and runs the mix closed loop with one request in flight per model instance
 (the paper's method) for a window, measuring each instance's latency and the mix
 throughput and energy with the benchmark's request loop (``eclip_ray.bench.driver``).
-Plain multi-stream (every instance on the whole GPU, own stream) runs too, as the
-reference the plan must beat. Writes JSON.
+Two more plans run on the same pool: plain multi-stream (every instance on the
+whole GPU, own stream), the reference the plan must beat, and ``split`` (each
+instance alone on the largest ladder partition of its own that overlaps no other
+instance's). The pool's SM ids (``%smid``) and CUDA_DEVICE_MAX_CONNECTIONS are
+recorded, so the measurements can be re-predicted offline
+(``python -m eclip_ray.planner.calibrate``). Writes JSON.
 
     python benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out validation.json
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import traceback
@@ -27,6 +32,8 @@ from eclip_ray.bench.stats import percentile
 from eclip_ray.graph import Plan
 from eclip_ray.models.zoo import canonical
 from eclip_ray.models.zoo import get as zoo_get
+from eclip_ray.partition.layout import Layout
+from eclip_ray.partition.placement import verify_pool
 from eclip_ray.planner.catalog import load_power, load_profile
 from eclip_ray.planner.optimizer import optimize
 from eclip_ray.runtime import Runtime
@@ -51,6 +58,18 @@ def closed_loop(rt: Runtime, plans: dict[str, Plan], batch: int, seconds: float,
     }
 
 
+def split_plans(layout: Layout, instances: list[str]) -> dict[str, Plan]:
+    """Each instance on its largest ladder partition that shares no SM slot with another instance's."""
+    for count in sorted({p.count for p in layout.partitions if p.worker is not None}, reverse=True):
+        parts = [
+            next((p for p in layout.partitions if p.worker == i and p.count == count), None)
+            for i in range(len(instances))
+        ]
+        if all(parts) and all(a.overlap(b) == 0 for i, a in enumerate(parts) for b in parts[i + 1 :]):
+            return {n: Plan.single(p.name) for n, p in zip(instances, parts, strict=True)}
+    raise ValueError(f"no disjoint ladder partitions for {len(instances)} instances")
+
+
 def validate_mix(name: str, models: list[str], directory: Path, batch: int, seconds: float) -> dict:
     inst = [f"{canonical(m)}#{i}" for i, m in enumerate(models)]
     profiles = {n: load_profile(directory, m, batch) for n, m in zip(inst, models, strict=True)}
@@ -60,12 +79,16 @@ def validate_mix(name: str, models: list[str], directory: Path, batch: int, seco
         mix_plan = optimize(profiles, rt.layout, None, "throughput", power=power, power_note=note)
         solve_s = time.perf_counter() - t0
         plans = mix_plan.plans()
+        split = split_plans(rt.layout, inst)
+        sm_ids = verify_pool(rt.pool)
         for n, m in zip(inst, models, strict=True):
             runner = rt.load(n, zoo_get(m))
-            runner.capture(plans[n], batch)
-            runner.capture(Plan.single("whole"), batch)
+            for plan in {plans[n], Plan.single("whole"), split[n]}:
+                runner.capture(plan, batch)
         eclip = closed_loop(rt, plans, batch, seconds)
         multi = closed_loop(rt, {n: Plan.single("whole") for n in inst}, batch, seconds)
+        disjoint = closed_loop(rt, split, batch, seconds)
+        layout = rt.layout.to_dict()
     pred = mix_plan.predicted
     err = {n: pred.latency_ms[n] / eclip["latency_p50_ms"][n] - 1 for n in inst}
     return {
@@ -77,6 +100,10 @@ def validate_mix(name: str, models: list[str], directory: Path, batch: int, seco
         "predicted": pred.to_dict(),
         "measured_eclip": eclip,
         "measured_multi_stream": multi,
+        "split_plans": {n: p.to_dict() for n, p in split.items()},
+        "measured_split": disjoint,
+        "layout": layout,
+        "sm_ids": sm_ids,
         "latency_rel_error": err,
         "throughput_rel_error": pred.throughput / eclip["throughput_rps"] - 1,
     }
@@ -91,7 +118,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     out = {"command": "python benchmarks/validate_cost_model.py", "args": vars(args),
-           "date": datetime.now(UTC).isoformat(timespec="seconds"), "mixes": []}  # fmt: skip
+           "date": datetime.now(UTC).isoformat(timespec="seconds"),
+           "cuda_device_max_connections": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "unset"),
+           "mixes": []}  # fmt: skip
     for name in args.mixes:
         try:
             r = validate_mix(name, list(MIXES[name]), Path(args.profiles), args.batch_size, args.seconds)

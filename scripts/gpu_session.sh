@@ -2,7 +2,10 @@
 # One GPU session on the device machine: record the card and versions, then run the steps named
 # as arguments, each under its own time limit, logging into $OUT/work; everything is packed
 # into $OUT/results.tgz at the end (the device tool returns at most 8 files).
-#   steps: tests bench demo power profile:<batch sizes>:<models...> validate bench:<bench_h100.sh parts>
+#   steps: tests bench demo power profile:<batch sizes>:<models...> validate[:<connections>:<mixes>]
+#          bench:<bench_h100.sh parts>
+# validate:32:M1,M5 runs the cost-model validation of M1 and M5 with CUDA_DEVICE_MAX_CONNECTIONS=32
+# ("default" leaves it unset) into validation_c32.json.
 set -u
 OUT=${OUT:-/tmp/eclip-out}
 W=$OUT/work
@@ -14,6 +17,7 @@ trap 'tar czf "$OUT/results.tgz" -C "$W" . ; ls -la "$W"' EXIT
   nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv
   python3 -c 'import sys, torch, cuda.bindings, pynvml; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda); print("cuda-bindings", cuda.bindings.__version__); print("nvidia-ml-py", getattr(pynvml, "__version__", "?"))'
   python3 -c 'import torchvision, transformers, scipy; print("torchvision", torchvision.__version__, "transformers", transformers.__version__, "scipy", scipy.__version__)'
+  python3 -c 'from cuda.bindings import driver as d; r = d.cuDeviceGetDevResource(d.cuDeviceGet(0)[1], d.CUdevResourceType.CU_DEV_RESOURCE_TYPE_WORKQUEUE_CONFIG) if d.cuInit(0)[0] == 0 else ("no init",); print("workqueue config resource:", r[0])' || true
   git rev-parse HEAD 2>/dev/null || echo "no git"
 } > "$W/versions.txt" 2>&1
 cat "$W/versions.txt"
@@ -36,6 +40,11 @@ for s in "$@"; do
       IFS=: read -r _ bs models <<< "$s"
       step "profile_${bs//,/_}" "${PROFILE_LIMIT:-300}" python3 -m eclip_ray.cli profile ${models//,/ } \
         --batch-sizes ${bs//,/ } --out "$W/profiles" ;;
+    validate:*)
+      IFS=: read -r _ conns mixes <<< "$s"
+      ( if [ "$conns" = default ]; then unset CUDA_DEVICE_MAX_CONNECTIONS; else export CUDA_DEVICE_MAX_CONNECTIONS=$conns; fi
+        step "validate_c$conns" "${VALIDATE_LIMIT:-300}" python3 benchmarks/validate_cost_model.py \
+          --profiles benchmarks/profiles/h100 --mixes ${mixes//,/ } --out "$W/validation_c$conns.json" ) ;;
     validate) step validate 200 python3 benchmarks/validate_cost_model.py --profiles benchmarks/profiles/h100 --out "$W/validation.json" ;;
     bench:*)  # parts of scripts/bench_h100.sh, within what is left of SESSION_S (default 480 s)
       left=$(( ${SESSION_S:-480} - SECONDS ))

@@ -24,4 +24,3 @@ def pool(backend):
     )
     with StreamPool(backend, Layout(base.geometry, base.partitions + extra)) as p:
         yield p
-

@@ -66,27 +66,48 @@ def test_batches_match_eager_and_switch_plans_without_capturing(worker):
 
 
 def test_the_event_loop_runs_while_batches_are_in_flight(worker):
+    """Batches queued behind ~50 ms of GPU work: while they wait, the loop keeps turning.
+
+    A spin kernel on each model's stream holds its batches back without any host
+    work, so an actor that blocked on the GPU (a synchronize, a pageable copy out)
+    would stop the ticker for those 50 ms; one that awaits completions lets it run.
+    """
+    hold_s = 0.05
+    cycles = int(hold_s * 2.0e9)  # at least hold_s at any SM clock up to 2 GHz (the H100's top is 1.98)
+
     async def run():
-        ticks = 0
+        ticks, gaps = 0, []
         stop = asyncio.Event()
 
         async def ticker():
             nonlocal ticks
+            last = time.perf_counter()
             while not stop.is_set():
                 ticks += 1
                 await asyncio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
 
-        t = asyncio.ensure_future(ticker())
         img, ids = np.zeros((4, 3, 32, 32), "f4"), np.zeros((4, 16), "<i8")
+        for name in ("tiny-cnn", "tiny-bert"):
+            with torch.cuda.stream(worker.runtime.runners[name].stream):
+                torch.cuda._sleep(cycles)
+        t0 = time.perf_counter()
+        t = asyncio.ensure_future(ticker())
         calls = [worker.infer("tiny-cnn", [img]) for _ in range(16)]
         calls += [worker.infer("tiny-bert", [ids]) for _ in range(16)]
         results = await asyncio.gather(*calls)
+        elapsed = time.perf_counter() - t0
         stop.set()
         await t
-        return ticks, results
+        return ticks, max(gaps), elapsed, results
 
-    ticks, results = asyncio.run(run())
-    assert len(results) == 32 and ticks > 32
+    ticks, worst_gap, elapsed, results = asyncio.run(run())
+    assert len(results) == 32
+    assert elapsed >= 0.8 * hold_s, f"the spin kernel did not hold the batches back ({elapsed * 1e3:.1f} ms)"
+    assert ticks > 50, f"the event loop turned {ticks} times in {elapsed * 1e3:.1f} ms of GPU wait"
+    assert worst_gap < 0.5 * hold_s, f"the event loop stalled for {worst_gap * 1e3:.1f} ms"
 
 
 def test_energy_per_inference_from_nvml(worker):
