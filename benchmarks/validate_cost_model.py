@@ -34,7 +34,7 @@ from eclip_ray.models.zoo import canonical
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition.layout import Layout
 from eclip_ray.partition.placement import verify_pool
-from eclip_ray.planner.catalog import load_power, load_profile
+from eclip_ray.planner.catalog import fitted_settings, load_power, load_profile
 from eclip_ray.planner.optimizer import optimize
 from eclip_ray.runtime import Runtime
 
@@ -76,7 +76,9 @@ def validate_mix(name: str, models: list[str], directory: Path, batch: int, seco
     power, note = load_power(directory)
     with Runtime(backend="cuda", workers=len(models)) as rt:  # the pool is ECLIP's ladder for the mix
         t0 = time.perf_counter()
-        mix_plan = optimize(profiles, rt.layout, None, "throughput", power=power, power_note=note)
+        mix_plan = optimize(
+            profiles, rt.layout, None, "throughput", power=power, power_note=note, settings=fitted_settings(directory)
+        )
         solve_s = time.perf_counter() - t0
         plans = mix_plan.plans()
         split = split_plans(rt.layout, inst)

@@ -30,6 +30,7 @@ from eclip_ray.planner import catalog
 from eclip_ray.planner.mixes import instance_names
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ProfileSet:
     directory: str | None = None
     power: PowerModel | None = None
     power_note: str = "no power model"
+    settings: PlannerSettings = field(default_factory=PlannerSettings)  # with the set's fitted co-run coefficients
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def _profiles(cfg: BenchConfig, models: Sequence[str], batch: Mapping[str, int],
     if made_on != {sm_count}:
         return ProfileSet(note=f"the profiles were made on devices of {sorted(made_on)} SMs; this one has {sm_count}")
     power, note = catalog.load_power(directory)
-    return ProfileSet(found, "", str(directory), power, note)
+    return ProfileSet(found, "", str(directory), power, note, catalog.fitted_settings(directory))
 
 
 def _prepare(
@@ -148,6 +150,7 @@ def _prepare(
         objective=cfg.objective,
         mps_share=cfg.mps_share,
         mps_note=mps.unavailable(backend),
+        planner=prof.settings,
     )
     work = {n: packing.sm_ms_per_inference(p) for n, p in prof.profiles.items()} or None
     entry = doc["mixes"].setdefault(label, {"models": list(models), "instances": instances, "scenarios": {}})

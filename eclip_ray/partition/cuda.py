@@ -6,11 +6,20 @@ of the whole device return the same SMs, so a range that starts above slot 0 is
 made by splitting off the prefix, turning the remainder into a green context,
 reading its resource back and splitting that again. Every driver call's return
 code is checked and a failure names the call and the SMs asked for.
+
+Work queues: every stream is mapped onto one of the context's hardware work queues,
+8 by default (CUDA_DEVICE_MAX_CONNECTIONS), and green contexts share the device's
+queues. A pool holds more streams than that, and two streams on one queue run in
+order: on the H100, ShuffleNet on its own 32 SMs waited for ResNeXt's kernels on 96
+others (0.88 ms became 2.85 ms; benchmarks/results/h100/corun/). The backend asks for
+32 queues before CUDA starts, unless the variable is set already.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -22,6 +31,25 @@ from eclip_ray.partition.layout import DeviceGeometry, PartitionSpec
 # Hopper and Blackwell: green-context SM groups come in steps of 8 with at least 8.
 _SPLIT_RULES = {9: (8, 8), 10: (8, 8), 12: (8, 8)}
 _DEFAULT_RULE = (2, 2)
+
+
+WORK_QUEUES = 32  # the driver's maximum for CUDA_DEVICE_MAX_CONNECTIONS
+_QUEUES_VAR = "CUDA_DEVICE_MAX_CONNECTIONS"
+
+
+def configure_work_queues() -> str:
+    """Ask for :data:`WORK_QUEUES` hardware work queues if CUDA has not started; return the setting in force."""
+    if _QUEUES_VAR in os.environ:
+        return os.environ[_QUEUES_VAR]
+    if torch.cuda.is_initialized():
+        warnings.warn(
+            f"CUDA started before the partition pool, with the default 8 work queues: streams of different "
+            f"partitions may wait for each other. Set {_QUEUES_VAR}={WORK_QUEUES} before anything uses CUDA.",
+            stacklevel=2,
+        )
+        return "8 (driver default)"
+    os.environ[_QUEUES_VAR] = str(WORK_QUEUES)
+    return str(WORK_QUEUES)
 
 
 def _driver():
@@ -47,6 +75,7 @@ class CudaGreenBackend(PartitionBackend):
     partitions_sms = True
 
     def __init__(self, device_index: int = 0) -> None:
+        self.work_queues = configure_work_queues()
         if not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA device")
         self._cu = cu = _driver()
@@ -137,6 +166,7 @@ class CudaGreenBackend(PartitionBackend):
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
             "cuda_bindings": cuda.bindings.__version__,
+            "work_queues": self.work_queues,
         }
 
     def free_memory_bytes(self) -> int | None:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def model_wise(mix: Mix) -> Baseline:
         return Baseline("model-wise", None, f"the partitions {counts} need more than the device's {g.sm_count} SMs")
     layout = disjoint(g, counts, [f"mw{i}" for i in range(len(counts))])  # type: ignore[arg-type]
     workers = tuple(_one_stage(w, i, c) for i, (w, c) in enumerate(zip(mix.workers, counts, strict=True)))  # type: ignore[arg-type]
-    alone = Mix(layout, workers, mix.interference, mix.power, mix.power_note, mix.solo_ms)
+    alone = replace(mix, layout=layout, workers=workers)
     return Baseline("model-wise", cost.evaluate(alone, tuple((i,) for i in range(len(workers)))))
 
 

@@ -1,11 +1,14 @@
 """Where profiles live: ``benchmarks/profiles/<name>/`` (e.g. ``h100``) or any directory.
 
 A profile directory holds ``<model>_bs<B>_<dtype>.json`` files (one per model,
-batch size and dtype; see ``profile.py``) and optionally ``power.json``.
+batch size and dtype; see ``profile.py``), optionally ``power.json`` and
+``corun.json`` (the co-run coefficients fitted to measured mixes, ``corun.py``).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
@@ -14,6 +17,9 @@ from eclip_ray.planner import profile as profile_io
 from eclip_ray.planner.power import FILENAME as POWER_FILE
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.settings import PlannerSettings
+
+CORUN_FILE = "corun.json"
 
 SHIPPED = Path("benchmarks") / "profiles"
 
@@ -44,14 +50,41 @@ def load_profile(directory: Path, model: str, batch_size: int, dtype: str = "flo
     name = canonical(model)
     path = directory / f"{name}_bs{batch_size}_{dtype}.json"
     if not path.is_file():
-        have = sorted(p.name for p in directory.glob("*.json") if p.name != POWER_FILE)
+        have = sorted(p.name for p in directory.glob("*.json") if p.name not in (POWER_FILE, CORUN_FILE))
         raise PlanError(f"no profile of {name} at batch {batch_size} ({dtype}) in {directory}; it has {have}")
     return profile_io.load(path)
 
 
-def load_power(directory: Path) -> tuple[PowerModel | None, str]:
-    """The power model beside the profiles, or None and the reason energy cannot be predicted."""
+def load_power(directory: Path, fitted: bool = True) -> tuple[PowerModel | None, str]:
+    """The power model beside the profiles, or None and the reason energy cannot be predicted.
+
+    With ``fitted``, its dynamic power is scaled by the ``power_scale`` of ``corun.json``
+    where there is one (inference kernels draw less than the compute-bound calibration kernel).
+    """
     path = directory / POWER_FILE
     if not path.is_file():
         return None, f"no {POWER_FILE} in {directory}: energy is not predicted"
-    return PowerModel.load(path), ""
+    power = PowerModel.load(path)
+    scale = (load_corun(directory) or {}).get("power_scale") if fitted else None
+    return (power if scale is None else power.scaled(float(scale))), ""
+
+
+def load_corun(directory: Path) -> dict | None:
+    """The fitted co-run coefficients beside the profiles (``corun.json``), or None."""
+    path = directory / CORUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return {k: data[k] for k in ("interference", "contention", "power_scale")}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PlanError(f"malformed {path}: {e!r}") from e
+
+
+def fitted_settings(directory: Path, base: PlannerSettings | None = None) -> PlannerSettings:
+    """``base`` (default settings) with the interference and contention of ``corun.json``, where there is one."""
+    base = base or PlannerSettings()
+    fit = load_corun(directory)
+    if fit is None:
+        return base
+    return replace(base, interference=float(fit["interference"]), contention=float(fit["contention"]))

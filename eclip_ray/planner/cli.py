@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
@@ -33,15 +35,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--interference",
         type=float,
-        default=PlannerSettings.interference,
-        help="slowdown when a co-located model keeps all of a partition's SMs busy (1: twice as long)",
+        default=None,
+        help="slowdown when a co-located model keeps all of a partition's SMs busy (1: twice as long); "
+        "default: the profile set's corun.json, else 1",
+    )
+    p.add_argument(
+        "--contention",
+        type=float,
+        default=None,
+        help="slowdown when the other models keep every SM busy, on SMs of their own (memory system); "
+        "default: the profile set's corun.json, else 0",
     )
     p.add_argument("--time-limit-s", type=float, default=PlannerSettings.time_limit_s, help="per MILP")
     p.add_argument("--fractions", default="0.25,0.5,0.75", help="the pool's per-worker partition sizes (of the GPU)")
     p.add_argument("--plot", type=Path, default=None, help="draw the plan to this file (PNG, PDF, SVG)")
     p.add_argument("--table", type=Path, default=None, help="also write the plan table of every sub-mix (JSON)")
     p.set_defaults(func=run)
+    f = subparsers.add_parser("fit-corun", help="fit the cost model's co-run coefficients to measured mixes (CPU)")
+    f.add_argument("results", nargs="+", type=Path, help="validation or bench result JSON files")
+    f.add_argument("--profiles", default="h100", help="profile set under benchmarks/profiles/, or a directory")
+    f.add_argument("--out", type=Path, default=None, help="default: corun.json in the profile set")
+    f.set_defaults(func=fit_corun)
     return p
+
+
+def fit_corun(args: argparse.Namespace) -> int:
+    """Fit, report the leave-one-mix-out errors, write corun.json; 2 with the reason when it cannot."""
+    from eclip_ray.planner import corun
+
+    try:
+        directory = catalog.profile_dir(args.profiles)
+        pred = corun.Predictor(directory)
+        rep = corun.leave_one_mix_out(pred, corun.load_observations(args.results))
+    except (PlanError, OSError, ValueError) as e:
+        print(f"eclip-ray fit-corun: {e}", file=sys.stderr)
+        return 2
+    out = args.out or directory / catalog.CORUN_FILE
+    command = "eclip-ray fit-corun " + " ".join(str(r) for r in args.results) + f" --profiles {args.profiles}"
+    out.write_text(json.dumps(rep.to_dict(command), indent=1))
+    c, m = rep.coefficients, rep.medians()
+    print(f"{len(rep.rows)} observations of {len(rep.held_out)} mixes")
+    print(f"fitted on all: interference {c.interference}, contention {c.contention}, power scale {c.power_scale}")
+    print("each mix predicted with coefficients fitted on the others:")
+    for key, v in m.items():
+        print(f"  {key.replace('_', ' ')}: {'-' if v is None else f'{100 * v:.1f}%'}")
+    print(f"wrote {out}")
+    return 0
 
 
 def _split(text: str | None, n: int, what: str, cast) -> list:
@@ -75,9 +114,13 @@ def _plan(args: argparse.Namespace) -> int:
     }
     power, note = catalog.load_power(directory)
     layout = _layout(profiles, args.fractions)
-    settings = PlannerSettings(
-        args.switch_budget, args.max_groups, interference=args.interference, time_limit_s=args.time_limit_s
+    settings = catalog.fitted_settings(
+        directory, PlannerSettings(args.switch_budget, args.max_groups, time_limit_s=args.time_limit_s)
     )
+    if args.interference is not None:
+        settings = replace(settings, interference=args.interference)
+    if args.contention is not None:
+        settings = replace(settings, contention=args.contention)
     plan = optimize(profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings)
     print(report(plan, layout, baselines.predict(plan.mix), directory))
     if args.plot:
@@ -86,7 +129,13 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"\nplot: {draw(plan, args.plot)}")
     if args.table:
         table = build_plan_table(
-            profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings,
+            profiles,
+            layout,
+            slos,
+            args.objective,
+            power=power,
+            power_note=note,
+            settings=settings,
             skip_infeasible=True,
         )
         print(f"plan table: {len(table)} mixes, {len(table.skipped)} without a plan -> {table.save(args.table)}")
@@ -103,7 +152,15 @@ def _layout(profiles: dict[str, ModelProfile], fractions: str) -> Layout:
 def report(plan: MixPlan, layout: Layout, base: dict[str, Baseline], directory: Path) -> str:
     """The plan, its prediction and the predicted gains over the baselines, as text."""
     pool = ", ".join(f"{p.name} [{p.start},{p.stop})" for p in layout.partitions)
-    lines = [f"profiles: {directory}", f"pool: {pool}", f"objective: {plan.objective}", ""]
+    fitted = catalog.CORUN_FILE if (directory / catalog.CORUN_FILE).is_file() else "defaults, no corun.json"
+    mix = plan.mix
+    lines = [
+        f"profiles: {directory}",
+        f"pool: {pool}",
+        f"cost model: interference {mix.interference:g}, contention {mix.contention:g} ({fitted})",
+        f"objective: {plan.objective}",
+        "",
+    ]
     for w in plan.workers.values():
         lines += [*_worker_table(plan, w), ""]
     lines += [*_summary(plan), "", *_gains(plan, base)]

@@ -18,10 +18,19 @@ of the worker); ``p`` shares ``overlap(p, q)`` SMs with ``q``. So
 Two saturating kernels on the same SMs each take twice as long (alpha = 1), as
 ECLIP measured; launch-bound groups (little work for their time) slow their
 neighbours little. Because ``S_v`` does not depend on the plan, the slowdown is
-bilinear in the plan and the MILP can be exact. On the H100 validation run
-(benchmarks/results/h100/validation.json: 7 mixes, multi-stream and planned)
-this predicts the measured p50 latencies with a median error of 10% and the
-throughputs with 6%.
+bilinear in the plan and the MILP can be exact.
+
+Workers on disjoint SMs still slow each other down: they share the memory
+system (L2, HBM) and the work distributor. On the H100, models alone on 32- and
+64-SM partitions that share no SM ran 3-30% slower next to each other than alone
+(benchmarks/results/h100/corun/). ``contention`` adds that as a device-wide term,
+whatever the partitions:
+
+    alpha_w(p) += contention * sum_{v != w} W_v / (S_v N)
+
+(``N``: the device's SMs; ``W_v``: all of v's SM-ms), a constant of the mix that
+scales each worker's time and keeps the MILP exact. Both coefficients are fitted to
+measured mixes (``corun.py``) and ship beside the profiles (``corun.json``).
 
 Energy: the board draws ``idle_w`` plus the dynamic power of the SMs busy on
 average, ``N = sum_w W_w / L_w`` (``power.py``); per inference that is
@@ -92,6 +101,7 @@ class Mix:
     power: PowerModel | None = None
     power_note: str = "no power model given"
     solo_ms: tuple[float, ...] = ()  # S_v per worker; empty: each one's latency alone on the whole GPU
+    contention: float = 0.0  # slowdown when the other workers keep every SM of the device busy, wherever
     counts: np.ndarray = field(init=False)
     share: np.ndarray = field(init=False)  # overlap(p, q) / (n_p n_q)
 
@@ -108,11 +118,16 @@ class Mix:
     def without_slos(self) -> Mix:
         """The same mix with no SLOs."""
         free = tuple(replace(w, slo_ms=None) for w in self.workers)
-        return Mix(self.layout, free, self.interference, self.power, self.power_note, self.solo_ms)
+        return replace(self, workers=free)
 
     def only(self, i: int) -> Mix:
         """Worker ``i`` alone on the same layout (its occupancy scale kept)."""
-        return Mix(self.layout, (self.workers[i],), self.interference, self.power, self.power_note, (self.solo_ms[i],))
+        return replace(self, workers=(self.workers[i],), solo_ms=(self.solo_ms[i],))
+
+    def device_slowdown(self) -> np.ndarray:
+        """Per worker, the plan-independent part of its slowdown: ``contention`` x the others' busy SMs / N."""
+        busy = np.array([w.work.sum() for w in self.workers]) / np.asarray(self.solo_ms)
+        return self.contention * (busy.sum() - busy) / float(self.layout.geometry.sm_count)
 
 
 @dataclass(frozen=True)
@@ -162,7 +177,7 @@ def received(mix: Mix, work: np.ndarray) -> np.ndarray:
     """``alpha[worker, partition]``: slowdown each worker would see on each partition."""
     busy = work / np.asarray(mix.solo_ms)[:, None]  # SM-ms of work per ms of each worker's loop
     others = busy.sum(axis=0)[None, :] - busy
-    return mix.interference * others @ mix.share.T
+    return mix.interference * others @ mix.share.T + mix.device_slowdown()[:, None]
 
 
 def alone_ms(mix: Mix, state: State) -> np.ndarray:

@@ -6,9 +6,10 @@ Per worker ``w``: binaries ``x[g, p]`` (group ``g`` on the ``p``-th partition
 indicator) with ``sum s <= 2 * budget``; per other worker ``v``, its work on
 each of its partitions ``busy_v[q]`` (linear in its ``x``) and the products
 ``y[g, p, q] = x[g, p] * busy_v[q]``, made exact by the two RLT equalities of
-``_slowdown``. Then
+``_slowdown``; ``d_w`` is the plan-independent device-wide slowdown
+(``Mix.device_slowdown``). Then
 
-    latency_w = sum t x + interference * sum_v sum t share[p, q] y_v / S_v + switch_ms / 2 * sum s
+    latency_w = (1 + d_w) sum t x + interference * sum_v sum t share[p, q] y_v / S_v + switch_ms / 2 * sum s
 
 with ``latency_w <= slo_w`` (in elastic mode ``latency_w - slack_w <=
 slo_w``, the slack heavily penalised). The objective is ``sum_w c_w latency_w``
@@ -59,7 +60,7 @@ def _latency(
     prog: Program, mix: Mix, i: int, xs: list[np.ndarray], busy: np.ndarray | None, budget: int
 ) -> tuple[list[int], list[float]]:
     wk, x = mix.workers[i], xs[i]
-    cols, vals = x.ravel().tolist(), wk.ms.ravel().tolist()
+    cols, vals = x.ravel().tolist(), (wk.ms * (1 + mix.device_slowdown()[i])).ravel().tolist()
     s = _switch_vars(prog, x, min(budget, len(wk.groups) - 1))
     cols += s.ravel().tolist()
     vals += [wk.switch_ms / 2] * s.size

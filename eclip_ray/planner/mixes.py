@@ -17,7 +17,7 @@ from eclip_ray.errors import PlanError
 from eclip_ray.partition.layout import WHOLE, Layout
 from eclip_ray.planner import timing
 from eclip_ray.planner.cost import DEFAULT_SWITCH_MS, Mix, Worker
-from eclip_ray.planner.grouping import group_units
+from eclip_ray.planner.grouping import Group, group_units
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
 from eclip_ray.planner.settings import PlannerSettings
@@ -42,8 +42,9 @@ def make_worker(
     *,
     slo_ms: float | None = None,
     settings: PlannerSettings | None = None,
+    groups: Sequence[Group] | None = None,
 ) -> Worker:
-    """Group ``profile``'s units and cost every group on each partition worker ``slot`` may use."""
+    """Group ``profile``'s units (or take ``groups``) and cost every group on each partition ``slot`` may use."""
     s = settings or PlannerSettings()
     parts = allowed(layout, slot)
     counts = [layout.partitions[i].count for i in parts]
@@ -51,7 +52,8 @@ def make_worker(
     distinct = sorted(set(counts))
     label_cols = [counts.index(c) for c in distinct]
     cuts = [u.cut for u in profile.units]
-    groups = group_units(unit_ms[:, label_cols], distinct, cuts, s.max_groups, s.knee_tol)
+    if groups is None:
+        groups = group_units(unit_ms[:, label_cols], distinct, cuts, s.max_groups, s.knee_tol)
     unit_work = timing.unit_work(profile)
     return Worker(
         name=name,
@@ -98,7 +100,7 @@ def build_mix(
         make_worker(name, prof, layout, slots[name], slo_ms=slo_ms.get(name), settings=s)
         for name, prof in profiles.items()
     )
-    return Mix(layout, workers, s.interference, power, power_note if power is None else "")
+    return Mix(layout, workers, s.interference, power, power_note if power is None else "", contention=s.contention)
 
 
 def instance_names(models: Sequence[str]) -> list[str]:

@@ -55,6 +55,12 @@ class PowerModel:
                 return (b - a) / (hi - lo)
         return 0.0
 
+    def scaled(self, factor: float) -> PowerModel:
+        """The same idle power with ``factor`` x the dynamic power at every count."""
+        if factor <= 0:
+            raise PlanError(f"power scale must be > 0, got {factor}")
+        return PowerModel(self.idle_w, {n: self.idle_w + factor * (w - self.idle_w) for n, w in self.active_w.items()})
+
     def to_dict(self) -> dict:
         return {"idle_w": self.idle_w, "active_w": {str(n): w for n, w in sorted(self.active_w.items())}}
 

@@ -13,6 +13,7 @@ class PlannerSettings:
     max_groups: int = 20  # groups per model: the MILP's resolution (and its size)
     knee_tol: float = 0.1  # a unit's knee: fewest SMs within this fraction of its best time
     interference: float = 1.0  # slowdown when another worker keeps all of a partition's SMs busy
+    contention: float = 0.0  # slowdown when the others keep every SM of the device busy, on any SMs (cost.py)
     switch_ms: float | None = None  # None: the profile's meta["switch_ms"], else cost.DEFAULT_SWITCH_MS
     # Per MILP. HiGHS usually finds the optimum in well under a second but can take seconds more to prove
     # it; at the limit the best plan found is used (MixPlan.optimal is then False). Raise it offline.

@@ -40,3 +40,24 @@ def test_failed_split_names_the_partition():
     spec = PartitionSpec("w0.32", 0, 32)
     with pytest.raises(BackendError, match=r"cuDevSmResourceSplitByCount failed .*w0.32"):
         be._split(_res(132), 32, f"partition {spec.name!r}")
+
+
+def test_work_queues_are_raised_before_cuda_starts(monkeypatch):
+    env = {k: v for k, v in cuda_backend.os.environ.items() if k != "CUDA_DEVICE_MAX_CONNECTIONS"}
+    monkeypatch.setattr(cuda_backend.os, "environ", env)  # restored after the test
+    monkeypatch.setattr(cuda_backend.torch.cuda, "is_initialized", lambda: False)
+    assert cuda_backend.configure_work_queues() == "32"
+    assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+
+
+def test_a_users_work_queue_setting_is_kept(monkeypatch):
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "4")
+    assert cuda_backend.configure_work_queues() == "4"
+
+
+def test_too_late_for_work_queues_warns_and_says_so(monkeypatch):
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    monkeypatch.setattr(cuda_backend.torch.cuda, "is_initialized", lambda: True)
+    with pytest.warns(UserWarning, match="Set CUDA_DEVICE_MAX_CONNECTIONS=32 before anything uses CUDA"):
+        assert cuda_backend.configure_work_queues() == "8 (driver default)"
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in cuda_backend.os.environ
