@@ -1,4 +1,4 @@
-"""Running the policies of one mix: in one process on one stream pool, or as MPS client processes.
+"""Running the policies of one mix: in process, each on a stream pool of its own, or as MPS client processes.
 
 Every result is recorded (and the part file rewritten) as soon as it exists;
 a policy that fails records its error and the others still run.
@@ -74,36 +74,42 @@ def run_in_process(
     todo: list[tuple[Load, str]],
     save: Callable[[], None],
 ) -> None:
-    """Run the in-process ``todo`` (load, policy) pairs on one runtime whose pool serves every policy."""
-    layout = policies.pool_layout(mix.inputs, setups)
-    left = list(todo)
-    try:
-        with Runtime(backend=backend, layout=layout) as rt:
-            runners = {n: rt.load(n, zoo_get(m)) for n, m in zip(mix.instances, mix.models, strict=True)}
-            inputs = {n: r.example_inputs(mix.batch[n]) for n, r in runners.items()}
-            meter = rt.meter if rt.meter.available else None
-            note = "" if meter else rt.meter.describe().get("reason", "no energy meter")
-            placement = _placement(rt, setups)
-            for sc in mix.scenarios.values():
-                sc["pool"] = layout.to_dict()
-                sc["placement"] = placement
-            while left:
-                load, p = left.pop(0)
-                late = _late(cfg, p)
-                if late:
-                    record(mix, load, p, results.not_measured("not-run", late, setups[p].describe()), save)
-                    continue
-                result = _measure_in_process(cfg, mix, setups[p], load, runners, inputs, meter, note)
-                if result["status"] == "ok" and setups[p].partitions:
-                    result["setup"]["placement_overlap"] = placement.get("disjoint_overlap")
-                record(mix, load, p, result, save)
-    except Exception as e:  # the runtime or a model failed to load: every policy left fails with it
-        traceback.print_exc()
-        for load, p in left:
-            record(mix, load, p, results.not_measured("error", repr(e), setups[p].describe()), save)
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    """Run the in-process ``todo`` (load, policy) pairs, each policy on a runtime and pool of its own.
+
+    A policy's pool holds only the partitions it uses, as its own deployment would: every
+    stream of a pool takes one of the device's hardware work queues, and streams of other
+    policies' partitions would crowd the queues of the one measured (``partition/cuda.py``).
+    """
+    for policy in dict.fromkeys(p for _, p in todo):
+        mine = [(load, p) for load, p in todo if p == policy]
+        layout = policies.policy_layout(mix.inputs, setups[policy])
+        try:
+            with Runtime(backend=backend, layout=layout) as rt:
+                runners = {n: rt.load(n, zoo_get(m)) for n, m in zip(mix.instances, mix.models, strict=True)}
+                inputs = {n: r.example_inputs(mix.batch[n]) for n, r in runners.items()}
+                meter = rt.meter if rt.meter.available else None
+                note = "" if meter else rt.meter.describe().get("reason", "no energy meter")
+                placement = _placement(rt, setups)
+                while mine:
+                    load, p = mine.pop(0)
+                    late = _late(cfg, p)
+                    if late:
+                        record(mix, load, p, results.not_measured("not-run", late, setups[p].describe()), save)
+                        continue
+                    result = _measure_in_process(cfg, mix, setups[p], load, runners, inputs, meter, note)
+                    if result["status"] == "ok":
+                        result["setup"]["pool"] = layout.to_dict()
+                        result["setup"]["work_queues"] = rt.describe().get("work_queues")
+                        if setups[p].partitions:
+                            result["setup"]["placement_overlap"] = placement.get("disjoint_overlap")
+                    record(mix, load, p, result, save)
+        except Exception as e:  # the runtime or a model failed to load: this policy's loads fail with it
+            traceback.print_exc()
+            for load, p in mine:
+                record(mix, load, p, results.not_measured("error", repr(e), setups[p].describe()), save)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def _placement(rt: Runtime, setups: Mapping[str, policies.Setup]) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def _placement(rt: Runtime, setups: Mapping[str, policies.Setup]) -> dict[str, A
     except Exception as e:  # the benchmark still runs; the file says placement was not checked
         traceback.print_exc()
         return {"verified": False, "reason": repr(e)}
-    meant = [p.name for s in setups.values() for p in s.partitions]
+    meant = [p.name for s in setups.values() for p in s.partitions if p.name in seen]
     overlap = {f"{a}&{b}": len(seen[a] & seen[b]) for i, a in enumerate(meant) for b in meant[i + 1 :]}
     return {"verified": True, "sm_ids": {n: sorted(v) for n, v in seen.items()}, "disjoint_overlap": overlap}
 

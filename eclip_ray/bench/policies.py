@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from eclip_ray.errors import PlanError
 from eclip_ray.graph.plan import Plan
-from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec, disjoint, ladder
+from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec, disjoint, ladder, whole
 from eclip_ray.planner import baselines
 from eclip_ray.planner.grouping import knee
 from eclip_ray.planner.mixes import build_mix
@@ -111,6 +111,13 @@ def pool_layout(mix: MixInputs, setups: Mapping[str, Setup]) -> Layout:
     base = mix.ladder()
     extra = {p.name: p for s in setups.values() for p in s.partitions if p.name not in base.names}
     return Layout(base.geometry, (*base.partitions, *extra.values()))
+
+
+def policy_layout(mix: MixInputs, setup: Setup) -> Layout:
+    """The pool of one policy: the ladder where its plans may switch, else its own partitions and the whole GPU."""
+    if setup.policy in ("kw-prealloc", "eclip"):
+        return mix.ladder()
+    return Layout(mix.geometry, (*setup.partitions, whole(mix.geometry)))
 
 
 def right_sizes(mix: MixInputs) -> dict[str, int | None]:

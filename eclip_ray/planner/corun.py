@@ -120,13 +120,16 @@ def from_bench(data: dict, source: str) -> list[Observation]:
     out = []
     for mix_name, mix in data.get("mixes", {}).items():
         for scenario_name, sc in mix.get("scenarios", {}).items():
-            if "pool" not in sc or sc.get("load", {}).get("kind") != "closed":
+            if sc.get("load", {}).get("kind") != "closed":
                 continue
-            layout = _layout(sc["pool"])
             for policy in BENCH_POLICIES:
                 r = sc["policies"].get(policy)
                 if not r or r.get("status") != "ok" or "plans" not in r.get("setup", {}):
                     continue
+                pool = r["setup"].get("pool") or sc.get("pool")  # a pool per policy, or one for all
+                if pool is None:
+                    continue
+                layout = _layout(pool)
                 plans = r["setup"]["plans"]
                 insts = tuple(
                     Instance(n, model, int(sc["batch_size"][n]), Plan.from_dict(plans[n]))

@@ -74,7 +74,13 @@ def test_part_is_a_well_formed_summary(part_a):
         assert r["joules_per_inference"] is None and r["avg_power_w"] is None and r["energy_note"]
         assert isinstance(r["slo_met"], bool) and r["packing_efficiency"] > 0 and r["host_loop_us"] > 0
     assert sc["policies"]["time-share"]["setup"]["plans"]["tiny-cnn"]["partitions"] == ["whole"]
-    assert sc["pool"]["partitions"] and sc["placement"]["verified"] is False
+    pools = {
+        p: {q["name"] for q in r["setup"]["pool"]["partitions"]}
+        for p, r in sc["policies"].items()
+        if "pool" in r["setup"]
+    }
+    assert pools["multi-stream"] == {"whole"} and pools["model-wise"] == {"mw0", "mw1", "whole"}
+    assert {"w0.32", "w1.96", "whole"} <= pools["eclip"] == pools["kw-prealloc"]
 
 
 def test_schema_check_finds_what_is_missing(part_a):
