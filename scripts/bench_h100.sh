@@ -24,6 +24,8 @@ BUDGET_S=${BUDGET_S:-540}
 DEADLINE=$(($(date +%s) + BUDGET_S))
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# 32 hardware work queues for every policy alike, set before any process starts CUDA (partition/cuda.py).
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-32}
 MODELS=albert-base,densenet201,vgg19,alexnet,resnet152,resnext101_32x8d,shufflenet_v2_x1_0
 POLICIES=(time-share multi-stream model-wise mps kw-prealloc eclip)
 ISOLATED=$PARTS/isolated_bs1.json
