@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from eclip_ray.partition.cuda import configure_work_queues
+
+    configure_work_queues()  # before anything starts the CUDA driver
     args = build_parser().parse_args(argv)
     return args.func(args)
 

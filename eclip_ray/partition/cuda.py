@@ -38,18 +38,38 @@ _QUEUES_VAR = "CUDA_DEVICE_MAX_CONNECTIONS"
 
 
 def configure_work_queues() -> str:
-    """Ask for :data:`WORK_QUEUES` hardware work queues if CUDA has not started; return the setting in force."""
+    """Ask for :data:`WORK_QUEUES` hardware work queues if the CUDA driver has not started; return the setting.
+
+    The driver reads the variable when it initialises (``cuInit``, which
+    ``torch.cuda.is_available()`` already calls), so entry points call this first;
+    on the H100 a value set after that had no effect. Ray actors get it through
+    their ``runtime_env`` as well (``actor/remote.py``).
+    """
     if _QUEUES_VAR in os.environ:
         return os.environ[_QUEUES_VAR]
-    if torch.cuda.is_initialized():
+    if _driver_started():
         warnings.warn(
-            f"CUDA started before the partition pool, with the default 8 work queues: streams of different "
-            f"partitions may wait for each other. Set {_QUEUES_VAR}={WORK_QUEUES} before anything uses CUDA.",
+            f"the CUDA driver started before the partition pool, with the default 8 work queues: streams of "
+            f"different partitions may wait for each other. Set {_QUEUES_VAR}={WORK_QUEUES} before anything "
+            f"uses CUDA.",
             stacklevel=2,
         )
         return "8 (driver default)"
     os.environ[_QUEUES_VAR] = str(WORK_QUEUES)
     return str(WORK_QUEUES)
+
+
+def _driver_started() -> bool:
+    """Whether ``cuInit`` has run in this process (``cuDeviceGetCount`` answers NOT_INITIALIZED before it)."""
+    if torch.cuda.is_initialized():
+        return True
+    try:
+        from cuda.bindings import driver
+
+        err = driver.cuDeviceGetCount()[0]
+    except Exception:  # no bindings or no driver library on this machine: nothing can have started it
+        return False
+    return err != driver.CUresult.CUDA_ERROR_NOT_INITIALIZED
 
 
 def _driver():

@@ -55,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f.add_argument("results", nargs="+", type=Path, help="validation or bench result JSON files")
     f.add_argument("--profiles", default="h100", help="profile set under benchmarks/profiles/, or a directory")
     f.add_argument("--out", type=Path, default=None, help="default: corun.json in the profile set")
+    f.add_argument("--table", type=Path, default=None, help="also write the predictions as a Markdown table")
     f.set_defaults(func=fit_corun)
     return p
 
@@ -73,6 +74,8 @@ def fit_corun(args: argparse.Namespace) -> int:
     out = args.out or directory / catalog.CORUN_FILE
     command = "eclip-ray fit-corun " + " ".join(str(r) for r in args.results) + f" --profiles {args.profiles}"
     out.write_text(json.dumps(rep.to_dict(command), indent=1))
+    if args.table:
+        args.table.write_text(corun.markdown(rep))
     c, m = rep.coefficients, rep.medians()
     print(f"{len(rep.rows)} observations of {len(rep.held_out)} mixes")
     print(f"fitted on all: interference {c.interference}, contention {c.contention}, power scale {c.power_scale}")

@@ -337,3 +337,38 @@ def _row(pred: Predictor, o: Observation, c: Coefficients) -> dict:
         "measured_power_w": o.power_w,
         "power_rel_error": None if busy_w is None or not o.power_w else busy_w / o.power_w - 1,
     }
+
+
+def markdown(report: Report) -> str:
+    """The report as a Markdown table: every observation predicted by coefficients fitted without its mix."""
+    m = report.medians()
+    c = report.coefficients
+    lines = [
+        f"Fitted on every mix: interference {c.interference:g}, contention {c.contention:g}, "
+        f"power scale {c.power_scale}. Each row is predicted with the coefficients fitted on the other mixes.",
+        "",
+        "| mix | measured run | per model: predicted / measured p50 ms (error) | inf/s predicted / measured (error) "
+        "| W predicted / measured |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in report.rows:
+        lat = "<br>".join(
+            f"{n} {r['predicted_latency_ms'][n]:.2f} / {r['measured_p50_ms'][n]:.2f} ({100 * e:+.0f}%)"
+            for n, e in r["latency_rel_error"].items()
+        )
+        watts = (
+            "-"
+            if r["predicted_power_w"] is None or not r["measured_power_w"]
+            else (f"{r['predicted_power_w']:.0f} / {r['measured_power_w']:.0f}")
+        )
+        lines.append(
+            f"| {r['mix']} | {r['source']} | {lat} | {r['predicted_throughput']:.0f} / {r['measured_throughput']:.0f} "
+            f"({100 * r['throughput_rel_error']:+.0f}%) | {watts} |"
+        )
+    fmt = {k: "-" if v is None else f"{100 * v:.1f}%" for k, v in m.items()}
+    lines += [
+        "",
+        f"Median |error|, each mix held out: latency {fmt['median_abs_latency_error']}, throughput "
+        f"{fmt['median_abs_throughput_error']}, average power {fmt['median_abs_power_error']}.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -86,3 +86,17 @@ def test_graph_captured_on_a_partition_keeps_it(pool):
         times[name] = start.elapsed_time(end) / 5
     print("graph replay ms/matmul:", times)
     assert times["w0.32"] > 2.5 * times["whole"]
+
+
+def test_work_queues_are_set_before_the_driver_starts():
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.environ.pop('CUDA_DEVICE_MAX_CONNECTIONS', None)\n"
+        "from eclip_ray.partition.cuda import _driver_started, configure_work_queues\n"
+        "import torch\n"
+        "print(_driver_started(), configure_work_queues(), torch.cuda.is_available(), _driver_started())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "32", "True", "True"]

@@ -45,7 +45,7 @@ def test_failed_split_names_the_partition():
 def test_work_queues_are_raised_before_cuda_starts(monkeypatch):
     env = {k: v for k, v in cuda_backend.os.environ.items() if k != "CUDA_DEVICE_MAX_CONNECTIONS"}
     monkeypatch.setattr(cuda_backend.os, "environ", env)  # restored after the test
-    monkeypatch.setattr(cuda_backend.torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(cuda_backend, "_driver_started", lambda: False)
     assert cuda_backend.configure_work_queues() == "32"
     assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
 
@@ -57,7 +57,17 @@ def test_a_users_work_queue_setting_is_kept(monkeypatch):
 
 def test_too_late_for_work_queues_warns_and_says_so(monkeypatch):
     monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
-    monkeypatch.setattr(cuda_backend.torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(cuda_backend, "_driver_started", lambda: True)
     with pytest.warns(UserWarning, match="Set CUDA_DEVICE_MAX_CONNECTIONS=32 before anything uses CUDA"):
         assert cuda_backend.configure_work_queues() == "8 (driver default)"
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in cuda_backend.os.environ
+
+
+def test_a_fresh_process_has_not_started_the_driver():
+    # Before any cuInit the driver answers NOT_INITIALIZED; without a driver library nothing started it.
+    import subprocess
+    import sys
+
+    code = "from eclip_ray.partition.cuda import _driver_started as s; print(s())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

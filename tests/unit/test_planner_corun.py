@@ -128,7 +128,9 @@ def test_a_plan_cut_the_profile_does_not_have_is_an_error(profiles):
 def test_fit_corun_writes_what_plan_then_uses(profiles, tmp_path, capsys):
     results = tmp_path / "validation.json"
     results.write_text(json.dumps(_validation_doc(profiles)))
-    assert main(["fit-corun", str(results), "--profiles", str(profiles)]) == 0
+    table = tmp_path / "table.md"
+    assert main(["fit-corun", str(results), "--profiles", str(profiles), "--table", str(table)]) == 0
+    assert table.read_text().count("\n| ") == 2 + 9  # header, rule, one row per observation
     out = capsys.readouterr().out
     assert "interference 0.5, contention 0.3, power scale 0.4" in out
     fitted = json.loads((profiles / catalog.CORUN_FILE).read_text())
