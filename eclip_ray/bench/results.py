@@ -176,6 +176,7 @@ def merge(docs: Iterable[tuple[str, Mapping[str, Any]]], command: str) -> dict[s
         _merge_isolated(out["isolated"], doc.get("isolated", {}), name, notes)
         for mix, entry in doc["mixes"].items():
             _merge_mix(out["mixes"], mix, entry, name, notes)
+    out["mixes"] = dict(sorted(out["mixes"].items()))  # M1, M2, ... whatever order the parts ran in
     out["merge_notes"] = notes
     return out
 
