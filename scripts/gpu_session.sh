@@ -11,6 +11,13 @@ OUT=${OUT:-/tmp/eclip-out}
 W=$OUT/work
 mkdir -p "$W"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# Python packages the GPU machine lacks travel as wheels in .whl/ (run with carry: [".whl"]), e.g. onnx2torch
+# for the ONNX GPU tests: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#   --platform manylinux2014_x86_64 -d .whl onnx2torch
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 trap 'tar czf "$OUT/results.tgz" -C "$W" . ; ls -la "$W"' EXIT
 {
   date -u +%FT%TZ
