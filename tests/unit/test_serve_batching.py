@@ -77,6 +77,8 @@ def test_service_times_fall_back_to_smaller_sizes():
     t.observe(4, 0.020)
     t.observe(4, 0.030)
     assert t.estimate(4) == pytest.approx(0.025)
+    assert t.bound(4) == pytest.approx(0.025 + 4 * 0.005)  # the mean plus four mean deviations
+    assert t.bound(8) == t.bound(4) and t.bound(1) == 0.0
 
 
 class FakeActor:

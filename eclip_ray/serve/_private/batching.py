@@ -84,23 +84,39 @@ class BatchPolicy:
 
 
 class ServiceTimes:
-    """Exponentially weighted mean round trip (s) of batches per captured size."""
+    """Exponentially weighted mean round trip (s) of batches per captured size, and its mean deviation."""
 
-    def __init__(self, sizes: Sequence[int], weight: float = 0.2) -> None:
+    def __init__(self, sizes: Sequence[int], weight: float = 0.2, deviations: float = 4.0) -> None:
         self.sizes = tuple(sizes)
         self.weight = weight
+        self.deviations = deviations
         self._mean: dict[int, float] = {}
+        self._dev: dict[int, float] = {}
 
     def observe(self, bucket: int, seconds: float) -> None:
         old = self._mean.get(bucket)
-        self._mean[bucket] = seconds if old is None else old + self.weight * (seconds - old)
+        if old is None:
+            self._mean[bucket], self._dev[bucket] = seconds, 0.0
+            return
+        self._dev[bucket] += self.weight * (abs(seconds - old) - self._dev[bucket])
+        self._mean[bucket] = old + self.weight * (seconds - old)
+
+    def _known(self, bucket: int) -> int | None:
+        if bucket in self._mean:
+            return bucket
+        smaller = [s for s in self._mean if s < bucket]
+        return max(smaller) if smaller else None
 
     def estimate(self, bucket: int) -> float:
         """The mean at ``bucket``, else at the largest smaller size measured, else 0 (nothing known yet)."""
-        if bucket in self._mean:
-            return self._mean[bucket]
-        known = [s for s in self._mean if s < bucket]
-        return self._mean[max(known)] if known else 0.0
+        known = self._known(bucket)
+        return 0.0 if known is None else self._mean[known]
+
+    def bound(self, bucket: int) -> float:
+        """A batch's round trip that few exceed: the mean plus ``deviations`` mean deviations (as TCP bounds
+        a round trip), so that admission keeps the tail, not the mean, within the SLO."""
+        known = self._known(bucket)
+        return 0.0 if known is None else self._mean[known] + self.deviations * self._dev[known]
 
 
 @dataclass
@@ -186,9 +202,7 @@ class Batcher:
         if not (self._queue or self._inflight):
             return None  # with nothing ahead it runs at once: a stale, slow estimate cannot lock the model out
         ahead = sum(w.rows for w in self._queue)
-        expected = waited_s + self.policy.expected_s(
-            ahead, rows, self._inflight, self.max_inflight, self.times.estimate
-        )
+        expected = waited_s + self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.bound)
         if expected <= slo_s:
             return None
         front = f" ({1e3 * waited_s:.0f} ms of it spent in the HTTP front)" if waited_s >= 1e-3 else ""
