@@ -36,5 +36,3 @@ def resolve(
     if unknown:
         raise ValueError(f"unknown mixes {unknown}; the paper's are {list(MIXES)}")
     return {m.upper(): MIXES[m.upper()] for m in mixes or ()}
-
-

@@ -86,7 +86,13 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"\nplot: {draw(plan, args.plot)}")
     if args.table:
         table = build_plan_table(
-            profiles, layout, slos, args.objective, power=power, power_note=note, settings=settings,
+            profiles,
+            layout,
+            slos,
+            args.objective,
+            power=power,
+            power_note=note,
+            settings=settings,
             skip_infeasible=True,
         )
         print(f"plan table: {len(table)} mixes, {len(table.skipped)} without a plan -> {table.save(args.table)}")
