@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from eclip_ray.energy import EnergyMeter, open_meter
+from eclip_ray.energy import EnergyMeter, UnavailableMeter, open_meter
+from eclip_ray.errors import EclipError
 from eclip_ray.graph.runner import ModelRunner
 from eclip_ray.models.zoo import ZooModel
 from eclip_ray.models.zoo import get as zoo_get
@@ -19,12 +20,23 @@ from eclip_ray.partition import Layout, StreamPool, open_backend
 from eclip_ray.partition.layout import DeviceGeometry, ladder
 
 
+def _meter(backend_name: str, device_index: int, required: bool) -> EnergyMeter:
+    try:
+        return open_meter(backend_name, device_index)
+    except EclipError as e:
+        if required:
+            raise
+        return UnavailableMeter(f"the energy meter failed to open ({type(e).__name__}: {e})")
+
+
 class Runtime:
     """One device's pool and models.
 
     ``layout`` is a Layout, a function of the device's geometry that returns one
     (when the caller does not know the device yet), or None for ECLIP's ladder for
-    ``workers`` co-located models.
+    ``workers`` co-located models. With ``require_energy`` False, a meter that
+    fails to open (NVML or amdsmi missing or failing) leaves energy unavailable,
+    with the reason, instead of failing the runtime.
     """
 
     def __init__(
@@ -34,6 +46,7 @@ class Runtime:
         workers: int = 2,
         fractions: tuple[float, ...] = (0.25, 0.5, 0.75),
         device_index: int = 0,
+        require_energy: bool = True,
     ) -> None:
         self.backend = open_backend(backend, device_index)
         try:
@@ -42,7 +55,7 @@ class Runtime:
                 layout = ladder(geometry, workers, fractions)
             self.layout = layout(geometry) if callable(layout) else layout
             self.pool = StreamPool(self.backend, self.layout)
-            self.meter: EnergyMeter = open_meter(self.backend.name, device_index)
+            self.meter: EnergyMeter = _meter(self.backend.name, device_index, require_energy)
         except BaseException:
             self.backend.close()
             raise

@@ -5,7 +5,7 @@
 """
 
 from eclip_ray.actor.remote import worker_class
-from eclip_ray.actor.spec import BatchResult, ModelUnavailable, ServedModel, TensorInfo
+from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelUnavailable, ServedModel, TensorInfo
 from eclip_ray.actor.worker import GpuWorker
 
-__all__ = ["BatchResult", "GpuWorker", "ModelUnavailable", "ServedModel", "TensorInfo", "worker_class"]
+__all__ = ["BatchResult", "DeviceFault", "GpuWorker", "ModelUnavailable", "ServedModel", "TensorInfo", "worker_class"]

@@ -51,6 +51,13 @@ class ModelUnavailable(EclipError, RuntimeError):
     """The actor does not serve this model now: not placed on its GPU, or it failed to load."""
 
 
+class DeviceFault(ModelUnavailable):
+    """The device failed a batch (a CUDA, driver or HIP error): the batch is lost, not the model's fault.
+
+    Retryable: the request may go to another replica, or to this one once it works again.
+    """
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A named tensor of one request row: ``shape`` excludes the batch dimension.

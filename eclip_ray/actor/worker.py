@@ -10,12 +10,18 @@ models of the GPU keep serving.
 replay (non-blocking) and polls the request's CUDA event with asyncio sleeps;
 on the CPU backend the eager run goes to a thread. Several models (and several
 batches of one model, which queue on the runner's stream) are in flight at once.
+
+A device error during a batch (a CUDA or driver call failing) fails that batch
+with ``DeviceFault``, naming the GPU, the model and the call, and the actor goes
+on serving. The energy meter never fails a request: NVML failing at start or
+later turns energy off, with the reason in ``stats()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,8 +35,9 @@ from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
-from eclip_ray.actor.spec import BatchResult, ModelUnavailable, ServedModel, TensorInfo, torch_dtype
-from eclip_ray.errors import EclipError, EnergyUnavailable, PlanError
+from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelUnavailable, ServedModel, TensorInfo, torch_dtype
+from eclip_ray.energy import UnavailableMeter
+from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.runner import ModelRunner, Pending
 from eclip_ray.partition.layout import DeviceGeometry, Layout
@@ -98,6 +105,7 @@ class GpuWorker:
         metrics: bool = False,
     ) -> None:
         self.gpu = gpu
+        self.device_index = device_index
         self.specs = {m.name: m for m in models}
         self.allowed_modules = tuple(allowed_modules)
         self.allowed_model_dirs = tuple(allowed_model_dirs)
@@ -111,6 +119,8 @@ class GpuWorker:
         self.models: dict[str, _Served] = {}
         self.failed: dict[str, str] = {}
         self.plan_errors: list[str] = []
+        self.device_faults = 0
+        self.last_device_fault: str | None = None
         try:
             self._load_all()
         except BaseException:
@@ -139,11 +149,11 @@ class GpuWorker:
         try:
             layout = _table_layout(table)
             if layout is not None:
-                return Runtime(backend, layout=layout, device_index=device_index)
+                return Runtime(backend, layout=layout, device_index=device_index, require_energy=False)
         except (KeyError, TypeError, ValueError) as e:  # LayoutError too: a layout made for another device
             self.table_error = f"the plan table's pool layout does not fit this device ({e})"
             log.error("%s; using the default layout: plans naming missing partitions fall back", self.table_error)
-        return Runtime(backend, workers=workers, device_index=device_index)
+        return Runtime(backend, workers=workers, device_index=device_index, require_energy=False)
 
     def _load_all(self) -> None:
         candidates = self.selector.candidates()
@@ -219,12 +229,10 @@ class GpuWorker:
         plan = self._plan_for(model, rows)
         tensors = served.tensors(inputs)
         t0 = time.perf_counter()
-        if served.runner.on_gpu:
-            pending = served.runner.submit(tensors, plan)
-            await _until_done(pending)
-        else:  # eager on the CPU: off the event loop so other models' batches proceed
-            pending = await asyncio.to_thread(served.runner.submit, tensors, plan)
-        outputs = served.arrays(pending.result())
+        try:
+            outputs = await _run(served, tensors, plan)
+        except (BackendError, torch.AcceleratorError) as e:
+            raise self._device_fault(model, e) from e
         seconds = time.perf_counter() - t0
         served.inferences += rows
         served.batches += 1
@@ -232,23 +240,49 @@ class GpuWorker:
         self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
         return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan))
 
+    def _device_fault(self, model: str, e: Exception) -> DeviceFault:
+        self.device_faults += 1
+        self.last_device_fault = f"{type(e).__name__}: {e}"
+        log.error("GPU %d failed a batch of %s: %s", self.gpu, model, self.last_device_fault)
+        return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {self.last_device_fault}")
+
     # -- energy -----------------------------------------------------------------------------
 
     def _ensure_energy_loop(self) -> None:
         if self._energy_task is None and self.runtime.meter.available:
-            self.runtime.meter.begin_window(_ENERGY_WINDOW)
+            try:
+                self.runtime.meter.begin_window(_ENERGY_WINDOW)
+            except EclipError as e:  # NVML failing must not fail the batch that opened the window
+                self._energy_off(e)
+                return
             self._energy_task = asyncio.get_running_loop().create_task(self._energy_loop())
+
+    def _energy_off(self, e: Exception) -> None:
+        reason = f"the energy meter failed on GPU {self.gpu} ({type(e).__name__}: {e}); energy metrics stop"
+        log.warning("%s", reason)
+        meter, self.runtime.meter = self.runtime.meter, UnavailableMeter(reason)
+        try:
+            meter.close()
+        except EclipError:
+            log.exception("closing the failed energy meter of GPU %d", self.gpu)
 
     async def _energy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.energy_window_s)
             try:
                 self.energy_tick()
-            except EnergyUnavailable:
-                log.warning("energy became unavailable on GPU %d; energy metrics stop", self.gpu)
+            except EnergyUnavailable as e:
+                self._energy_off(e)
                 return
             except EclipError:  # an NVML hiccup costs one window, not the actor
                 log.exception("energy window failed on GPU %d", self.gpu)
+                meter = self.runtime.meter
+                meter.discard_window(_ENERGY_WINDOW)
+                try:
+                    meter.begin_window(_ENERGY_WINDOW)
+                except EclipError as e:
+                    self._energy_off(e)
+                    return
 
     def energy_tick(self) -> None:
         """Close the energy window, publish power, energy and joules per inference, and open the next."""
@@ -295,6 +329,8 @@ class GpuWorker:
         energy = {"available": meter.available}
         if meter.available:
             energy.update(joules=self.energy_j, watts=self.power_w)
+        else:
+            energy["reason"] = meter.describe().get("reason")
         return {
             "gpu": self.gpu,
             "backend": self.runtime.backend.name,
@@ -305,8 +341,20 @@ class GpuWorker:
             "plan_fallbacks": self.selector.fallbacks,
             "plan_errors": list(self.plan_errors),
             "plan_table_error": self.table_error,
+            "device_faults": self.device_faults,
+            "last_device_fault": self.last_device_fault,
             "energy": energy,
         }
+
+    def process(self) -> dict[str, Any]:
+        """This actor's process id and, on a GPU, the bytes torch's allocator holds there (None on the CPU)."""
+        gpu_memory = None
+        if self.runtime.backend.name != "cpu":
+            gpu_memory = {
+                "allocated_bytes": torch.cuda.memory_allocated(self.device_index),
+                "reserved_bytes": torch.cuda.memory_reserved(self.device_index),
+            }
+        return {"pid": os.getpid(), "gpu": self.gpu, "gpu_memory": gpu_memory}
 
     def describe(self) -> dict[str, Any]:
         return {"gpu": self.gpu, **self.runtime.describe(), "pool": self.runtime.pool.report()}
@@ -328,6 +376,15 @@ def _read_only_view(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays; only copies read it
         return torch.from_numpy(a)
+
+
+async def _run(served: _Served, tensors: tuple[torch.Tensor, ...], plan: Plan) -> tuple[np.ndarray, ...]:
+    if served.runner.on_gpu:
+        pending = served.runner.submit(tensors, plan)
+        await _until_done(pending)
+    else:  # eager on the CPU: off the event loop so other models' batches proceed
+        pending = await asyncio.to_thread(served.runner.submit, tensors, plan)
+    return served.arrays(pending.result())
 
 
 async def _until_done(pending: Pending, first_s: float = 5e-5, max_s: float = 1e-3) -> None:

@@ -74,6 +74,10 @@ class EnergyMeter(ABC):
         seconds = t1 - t0
         return Measurement(seconds=seconds, joules=e1 - e0, reliable=seconds >= self.min_window_s)
 
+    def discard_window(self, key: str) -> None:
+        """Forget window ``key`` without reading the counter (nothing happens if it is not open)."""
+        self._open.pop(key, None)
+
     def close(self) -> None:
         """Release the vendor library."""
 

@@ -72,11 +72,15 @@ def build_app(config: AppConfig | Mapping[str, Any]):
             max_ongoing_requests=_model_ongoing(m, cfg),
             max_queued_requests=_model_held(m, cfg),
         ).bind(m.model_dump(mode="json"), cfg.limits.model_dump(mode="json"), fleet)
+    # Serve's proxy queues requests for the ingress without bound unless told: beyond this bound it answers
+    # 503 with Retry-After itself, so that an overloaded HTTP front cannot grow latency without bound either.
     ingress = serve.deployment(
         serve.ingress()(Ingress),
         name=INGRESS,
         ray_actor_options=light,
         max_ongoing_requests=sum(_model_ongoing(m, cfg) for m in cfg.models),
+        max_queued_requests=sum(_model_held(m, cfg) for m in cfg.models),
+        backpressure_config={"status_code": 503, "retry_after_s": cfg.limits.retry_after_s},
     )
     return ingress.bind(data, models)
 

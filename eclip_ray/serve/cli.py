@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_app(cfg), name=name, route_prefix=entry.get("route_prefix", "/"))
         url = f"http://{cfg.host}:{cfg.port}"
-        _wait_ready(url, args.ready_timeout_s)
+        wait_ready(url, args.ready_timeout_s)
         fleet = serve.get_deployment_handle("gpu-fleet", app_name=name).describe.remote().result()
         _banner(url, cfg, fleet, args.metrics_port if local else None)
         _block_until_interrupted()
@@ -65,11 +65,13 @@ def app_config(args: argparse.Namespace):
     return cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None}).resolved(), entry
 
 
-def _wait_ready(url: str, timeout_s: float) -> None:
+def wait_ready(url: str, timeout_s: float, path: str = "/v2/health/ready") -> None:
+    """Block until ``url`` answers ``path`` (by default: every model is ready) with 200; SystemExit with
+    the reason after ``timeout_s``."""
     deadline, last_note = time.monotonic() + timeout_s, 0.0
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10):
+            with urllib.request.urlopen(f"{url}{path}", timeout=10):
                 return
         except urllib.error.HTTPError as e:
             reason = json.loads(e.read() or b"{}").get("error", f"HTTP {e.code}")

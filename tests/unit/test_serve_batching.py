@@ -77,6 +77,8 @@ def test_service_times_fall_back_to_smaller_sizes():
     t.observe(4, 0.020)
     t.observe(4, 0.030)
     assert t.estimate(4) == pytest.approx(0.025)
+    assert t.bound(4) == pytest.approx(0.025 + 4 * 0.005)  # the mean plus four mean deviations
+    assert t.bound(8) == t.bound(4) and t.bound(1) == 0.0
 
 
 class FakeActor:
@@ -232,15 +234,60 @@ async def test_without_slo_or_with_rejection_off_only_the_queue_bound_applies():
         assert len(await asyncio.gather(*accepted)) == 4
 
 
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @sync
 async def test_nothing_is_refused_for_the_slo_before_a_batch_was_measured():
-    actor = HeldActor()
-    b = Batcher(policy(wait_s=0.0, slo_s=0.001, max_batch=1), actor.run, max_queue=10, max_inflight=1)
+    actor, clock = HeldActor(), Clock()
+    b = Batcher(policy(wait_s=0.0, slo_s=0.001, max_batch=1), actor.run, max_queue=10, max_inflight=1, clock=clock)
     accepted = [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in range(5)]
     await _settle()
     assert b.queued == 4 and b.refusal(1) is None
     actor.release.set()
     await asyncio.gather(*accepted)
+
+
+@sync
+async def test_a_request_whose_slo_passed_in_the_queue_is_refused_not_run():
+    actor, clock = HeldActor(), Clock()
+    b = held_batcher(actor, slo_s=0.350, max_queue=10, clock=clock)
+    first = asyncio.ensure_future(b.submit(rows(1, 0), 1))
+    await _settle()
+    old = asyncio.ensure_future(b.submit(rows(1, 1), 1))  # admitted: 200 ms expected
+    await _settle()
+    clock.now = 0.100
+    young = asyncio.ensure_future(b.submit(rows(1, 2), 1))  # admitted: 300 ms expected
+    await _settle()
+    assert b.queued == 2
+    clock.now = 0.400  # the running batch was slower than measured: old has waited 400 ms, young 300 ms
+    actor.release.set()
+    assert (await first).outputs[0][0, 0] == 0.0
+    with pytest.raises(RequestError) as e:
+        await old
+    f = e.value.failure
+    assert f.status == 503 and f.retry_after_s == 2
+    assert f.message == ("model 'm' is overloaded: it waited 400 ms in the queue, past the SLO of 350 ms; retry later")
+    assert (await young).outputs[0][0, 0] == 2.0
+    assert actor.batches == [1, 1]  # the stale request never reached the actor
+
+
+@sync
+async def test_late_requests_still_run_when_rejection_is_off():
+    actor, clock = HeldActor(), Clock()
+    b = held_batcher(actor, slo_s=0.050, max_queue=10, clock=clock, reject_over_slo=False)
+    requests = [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in range(2)]
+    await _settle()
+    clock.now = 1.0
+    actor.release.set()
+    assert len(await asyncio.gather(*requests)) == 2 and actor.batches == [1, 1]
 
 
 @sync
@@ -253,3 +300,22 @@ async def test_a_request_with_nothing_ahead_is_admitted_even_if_batches_were_slo
     assert "over the SLO of 50 ms" in b.refusal(1)
     actor.release.set()
     await first
+
+
+@sync
+async def test_time_spent_in_the_http_front_counts_against_the_slo():
+    actor, clock = HeldActor(), Clock()
+    b = held_batcher(actor, slo_s=0.250, max_queue=10, clock=clock)
+    with pytest.raises(RequestError, match="it waited 300 ms in the HTTP front, past the SLO of 250 ms"):
+        await b.submit(rows(1, 0), 1, waited_s=0.300)  # late already: refused even with nothing ahead
+    first = asyncio.ensure_future(b.submit(rows(1, 0), 1, waited_s=0.100))
+    await _settle()
+    # 1 running + itself: 200 ms, plus 100 ms spent before the queue
+    assert "about 300 ms (100 ms of it spent in the HTTP front), over the SLO of 250 ms" in b.refusal(1, 0.100)
+    assert b.refusal(1, 0.0) is None
+    clock.now = 0.200
+    late = asyncio.ensure_future(b.submit(rows(1, 1), 1, waited_s=0.0))  # arrived at 0.2, admitted: 200 ms
+    await _settle()
+    actor.release.set()
+    await first
+    assert (await late).queue_s == pytest.approx(0.0)  # dispatched at 0.2, when it arrived

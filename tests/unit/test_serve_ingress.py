@@ -376,7 +376,7 @@ def test_any_request_to_any_route_gets_one_kserve_answer_never_a_500(
 class Refusing:
     """A model deployment whose Serve queue is full: the handle raises before the call reaches it."""
 
-    def infer(self, inputs):
+    def infer(self, inputs, received_at=None):
         from ray.serve.exceptions import BackPressureError
 
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)

@@ -13,6 +13,10 @@ flight at once (the GPU actor overlaps them). It admits a request only while
 the queue has room and, for a model with an SLO, while the work ahead of it
 (``BatchPolicy.expected_s``) lets it finish in time; otherwise it refuses at
 once with 503 and Retry-After, so that latency cannot grow without bound.
+A request that waited past its SLO in the queue all the same (batches ran
+slower than measured) is refused with 503 when the next batch forms, rather
+than run late: its client has its answer now, and the GPU time goes to
+requests that can still make it.
 """
 
 from __future__ import annotations
@@ -80,23 +84,39 @@ class BatchPolicy:
 
 
 class ServiceTimes:
-    """Exponentially weighted mean round trip (s) of batches per captured size."""
+    """Exponentially weighted mean round trip (s) of batches per captured size, and its mean deviation."""
 
-    def __init__(self, sizes: Sequence[int], weight: float = 0.2) -> None:
+    def __init__(self, sizes: Sequence[int], weight: float = 0.2, deviations: float = 4.0) -> None:
         self.sizes = tuple(sizes)
         self.weight = weight
+        self.deviations = deviations
         self._mean: dict[int, float] = {}
+        self._dev: dict[int, float] = {}
 
     def observe(self, bucket: int, seconds: float) -> None:
         old = self._mean.get(bucket)
-        self._mean[bucket] = seconds if old is None else old + self.weight * (seconds - old)
+        if old is None:
+            self._mean[bucket], self._dev[bucket] = seconds, 0.0
+            return
+        self._dev[bucket] += self.weight * (abs(seconds - old) - self._dev[bucket])
+        self._mean[bucket] = old + self.weight * (seconds - old)
+
+    def _known(self, bucket: int) -> int | None:
+        if bucket in self._mean:
+            return bucket
+        smaller = [s for s in self._mean if s < bucket]
+        return max(smaller) if smaller else None
 
     def estimate(self, bucket: int) -> float:
         """The mean at ``bucket``, else at the largest smaller size measured, else 0 (nothing known yet)."""
-        if bucket in self._mean:
-            return self._mean[bucket]
-        known = [s for s in self._mean if s < bucket]
-        return self._mean[max(known)] if known else 0.0
+        known = self._known(bucket)
+        return 0.0 if known is None else self._mean[known]
+
+    def bound(self, bucket: int) -> float:
+        """A batch's round trip that few exceed: the mean plus ``deviations`` mean deviations (as TCP bounds
+        a round trip), so that admission keeps the tail, not the mean, within the SLO."""
+        known = self._known(bucket)
+        return 0.0 if known is None else self._mean[known] + self.deviations * self._dev[known]
 
 
 @dataclass
@@ -153,32 +173,42 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Sequence[np.ndarray], rows: int) -> Batched:
-        """Queue one request (arrays in input order) and wait for its rows of the batch's outputs."""
-        refusal = self.refusal(rows)
+    async def submit(self, inputs: Sequence[np.ndarray], rows: int, waited_s: float = 0.0) -> Batched:
+        """Queue one request (arrays in input order) and wait for its rows of the batch's outputs.
+
+        ``waited_s``: how long the request already waited before it got here (in the HTTP front), counted
+        against its SLO like time in the queue."""
+        refusal = self.refusal(rows, waited_s)
         if refusal is not None:
             raise unavailable(f"{self.name} is overloaded: {refusal}; retry later", self.retry_after_s)
-        waiting = _Waiting(inputs, rows, self._clock(), asyncio.get_running_loop().create_future())
+        arrival = self._clock() - waited_s
+        waiting = _Waiting(inputs, rows, arrival, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         return await waiting.future
 
-    def refusal(self, rows: int) -> str | None:
-        """Why a request of ``rows`` rows arriving now is refused (None: it is admitted)."""
+    def refusal(self, rows: int, waited_s: float = 0.0) -> str | None:
+        """Why a request of ``rows`` rows arriving now, ``waited_s`` after it reached the server, is refused
+        (None: it is admitted)."""
         if len(self._queue) >= self.max_queue:
             return f"its queue is full ({self.max_queue} requests waiting)"
         slo_s = self.policy.slo_s
-        if slo_s is None or not self.reject_over_slo or not (self._queue or self._inflight):
+        if slo_s is None or not self.reject_over_slo:
+            return None
+        if waited_s > slo_s:
+            return f"it waited {1e3 * waited_s:.0f} ms in the HTTP front, past the SLO of {1e3 * slo_s:g} ms"
+        if not (self._queue or self._inflight):
             return None  # with nothing ahead it runs at once: a stale, slow estimate cannot lock the model out
         ahead = sum(w.rows for w in self._queue)
-        expected = self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.estimate)
+        expected = waited_s + self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.bound)
         if expected <= slo_s:
             return None
+        front = f" ({1e3 * waited_s:.0f} ms of it spent in the HTTP front)" if waited_s >= 1e-3 else ""
         return (
             f"with {len(self._queue)} requests queued and {self._inflight} batches running ahead of it, "
-            f"it would take about {1e3 * expected:.0f} ms, over the SLO of {1e3 * slo_s:g} ms"
+            f"it would take about {1e3 * expected:.0f} ms{front}, over the SLO of {1e3 * slo_s:g} ms"
         )
 
     async def _loop(self) -> None:
@@ -189,6 +219,8 @@ class Batcher:
                 await self._wake.wait()
                 continue
             now = self._clock()
+            if self._refuse_stale(now):
+                continue
             decision = self.policy.decide(
                 now, [w.rows for w in self._queue], self._queue[0].arrival, self.times.estimate
             )
@@ -205,6 +237,18 @@ class Batcher:
         # A client that went away must not take a place in a batch.
         if any(w.future.done() for w in self._queue):
             self._queue = deque(w for w in self._queue if not w.future.done())
+
+    def _refuse_stale(self, now: float) -> bool:
+        """Refuse the queued requests whose SLO has passed; True when some were."""
+        slo_s = self.policy.slo_s
+        if slo_s is None or not self.reject_over_slo or now - self._queue[0].arrival <= slo_s:
+            return False  # the head is the oldest: if it is in time, all are
+        stale = [w for w in self._queue if now - w.arrival > slo_s]
+        self._queue = deque(w for w in self._queue if now - w.arrival <= slo_s)
+        for w in stale:
+            waited = f"it waited {1e3 * (now - w.arrival):.0f} ms in the queue, past the SLO of {1e3 * slo_s:g} ms"
+            w.future.set_exception(unavailable(f"{self.name} is overloaded: {waited}; retry later", self.retry_after_s))
+        return True
 
     async def _dispatch(self, batch: list[_Waiting], sent: float) -> None:
         try:

@@ -84,13 +84,14 @@ class Ingress:
             self.metrics.request(name, status, time.perf_counter() - t0, slo)
 
     async def _infer(self, name: str, version: str | None, request: Request) -> Response:
+        received_at = time.time()  # wall clock: the model's deployment compares it in another process
         model = self.spec(name, version)
         body = await self._body(request)
         decoded = codec.decode_request(body, codec.header_length(request.headers.get(codec.HEADER)))
         arrays, _ = check_inputs(model, decoded)
         if name in self._output_names:  # known after the first answer: refuse before running the model
             check_outputs(name, decoded, self._output_names[name])
-        reply = await self._call(name, arrays)
+        reply = await self._call(name, arrays, received_at)
         self._output_names[name] = reply.names
         check_outputs(name, decoded, reply.names)
         binary = codec.binary_choice(decoded, reply.names)
@@ -113,9 +114,9 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _call(self, name: str, arrays: list) -> Reply:
+    async def _call(self, name: str, arrays: list, received_at: float) -> Reply:
         try:
-            reply: Reply = await self.models[name].infer.remote(arrays)
+            reply: Reply = await self.models[name].infer.remote(arrays, received_at)
         except Exception as e:  # the model's deployment itself is down, or Serve's queue before it is full
             why = (
                 "is overloaded: too many requests waiting"

@@ -89,12 +89,14 @@ class ModelDeployment:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def infer(self, inputs: list[np.ndarray]) -> Reply:
-        """One request: arrays in the model's input order, already checked by the ingress."""
+    async def infer(self, inputs: list[np.ndarray], received_at: float | None = None) -> Reply:
+        """One request: arrays in the model's input order, already checked by the ingress;
+        ``received_at``: when the ingress received it (``time.time()``), so its SLO counts the wait before."""
         t0 = time.perf_counter()
         rows = int(inputs[0].shape[0])
+        waited_s = 0.0 if received_at is None else max(0.0, time.time() - received_at)
         try:
-            done: Batched = await self.batcher.submit(inputs, rows)
+            done: Batched = await self.batcher.submit(inputs, rows, waited_s)
         except RequestError as e:
             self.stats.failed(time.perf_counter() - t0)
             return Reply(failure=e.failure)
@@ -145,7 +147,7 @@ class ModelDeployment:
         if isinstance(e, RayActorError):
             if isinstance(e, ActorDiedError):
                 self.router.forget()  # the fleet may have replaced it
-            return self._unavailable(f"GPU {gpu}'s actor died")
+            return self._unavailable(f"GPU {gpu}'s actor died with the batch; Ray restarts it (up to max_restarts)")
         cause = e.cause if isinstance(e, RayTaskError) else e
         if isinstance(cause, ModelUnavailable):
             return self._unavailable(str(cause))
