@@ -37,7 +37,7 @@ MB = 1 << 20
 
 def serving_processes() -> dict[str, int]:
     """``{"<role> pid <pid>": pid}`` of this machine's Ray processes that serve requests."""
-    import psutil  # Ray ships it (ray/thirdparty_files), importable once ray is imported
+    import psutil
 
     found = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
