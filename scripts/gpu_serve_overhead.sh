@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The serving-overhead benchmark (benchmarks/serve_overhead.py) on the GPU machine, which has torch but
+# neither Ray Serve nor a package registry: its wheels travel with the working tree, in pieces.
+#
+# A call to the device machine carries at most 64 MiB: the working tree (about 34 MB now, 30 MB of it
+# benchmarks/profiles) plus the carried paths. The ray wheel alone is about 79 MB, so it is split into
+# chunks that each fit beside the tree, carried one per call, back to back (the machine stays warm for
+# 30 s after a call and keeps what earlier calls carried), and joined again with cat on the machine.
+#
+# 1. Here, on a connected machine, from the repository root (once):
+#        echo /.whl/ >> .git/info/exclude
+#        bash scripts/gpu_serve_overhead.sh prepare          # -> .whl/1 .whl/2 ... and the number of calls
+#    It downloads ray[serve] and what it needs for CPython 3.12 on manylinux x86_64, drops the wheels of
+#    packages the GPU image already has (KINDS.md), and cuts every file larger than CHUNK_MB (default 30;
+#    the tree's size plus CHUNK_MB must stay under 64 MiB) into pieces: .whl/1 holds the small wheels and
+#    the first piece, .whl/2, .whl/3 ... one piece each. With the tree at 34 MB that is 3 calls; with a
+#    tree under 26 MB and CHUNK_MB=40, 2 calls (ray in two chunks).
+# 2. On the device machine, calls back to back, each carrying one folder (the device tool's `run`):
+#        run(carry=[".whl/1"], command="bash scripts/gpu_serve_overhead.sh stash 1")
+#        run(carry=[".whl/2"], command="bash scripts/gpu_serve_overhead.sh stash 2")      # ... up to N-1
+#        run(carry=[".whl/N"], command="bash scripts/gpu_serve_overhead.sh run N")
+#    `stash K` copies .whl/K to /tmp/eclip-wheels; `run N` stashes the last piece, checks that pieces 1..N
+#    are all there, joins them (cat, then sha256 against .whl/1/SHA256SUMS), installs with
+#    scripts/install_offline.sh (torch, torchvision and numpy stay as they are), then runs
+#        python3 benchmarks/serve_overhead.py --backend cuda ...   (the command line below)
+#    writing serve_overhead.json, serve_overhead.md and the logs under $OUT. If the machine went back
+#    between calls (more than 30 s idle), `run` says which pieces are missing: start again at step 2.
+# 3. Here: copy serve_overhead.json and .md to benchmarks/results/h100/ and commit them.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STASH=/tmp/eclip-wheels
+CHUNK_MB=${CHUNK_MB:-30}
+# Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried.
+HAVE="aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attrs certifi charset_normalizer click
+cloudpickle filelock frozenlist fsspec grpcio h11 httpcore httpx idna jinja2 markupsafe msgpack multidict numpy
+packaging pillow prometheus_client propcache protobuf psutil pyyaml requests rich six typing_extensions urllib3
+uvloop yarl pygments markdown_it_py mdurl shellingham typer wrapt zipp setuptools wheel pip tqdm"
+BENCH=(python3 benchmarks/serve_overhead.py --backend cuda --models resnet50 bert-base --batch-sizes 1 8
+  --clients 1 --warmup-s 2 --duration-s 5 --http-client requests)
+
+prepare() {
+  local dl="$ROOT/.whl/download"
+  rm -rf "$ROOT/.whl" && mkdir -p "$dl" "$ROOT/.whl/1"
+  python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --dest "$dl" "ray[serve]>=2.40" "fastapi>=0.110" "pydantic>=2.6"
+  for w in "$dl"/*.whl; do
+    name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
+    if grep -qw -- "$name" <<< "$HAVE"; then rm "$w"; fi
+  done
+  (cd "$dl" && sha256sum ./*.whl > "$ROOT/.whl/1/SHA256SUMS")
+  local n=1
+  for w in "$dl"/*.whl; do
+    if (( $(stat -c %s "$w") > CHUNK_MB * 1048576 )); then
+      split -b "${CHUNK_MB}M" -d -a 2 "$w" "$dl/$(basename "$w").part"
+      rm "$w"
+    fi
+  done
+  mv "$dl"/*.whl "$ROOT/.whl/1/" 2>/dev/null || true
+  for p in "$dl"/*.part*; do
+    [[ -e $p ]] || break
+    if [[ $p == *.part00 ]]; then mv "$p" "$ROOT/.whl/1/"; else n=$((n + 1)); mkdir -p "$ROOT/.whl/$n"; mv "$p" "$ROOT/.whl/$n/"; fi
+  done
+  rmdir "$dl"
+  echo "$n" > "$ROOT/.whl/1/PIECES"
+  du -sh "$ROOT"/.whl/*
+  echo "carry them in $n calls: stash 1 ... stash $((n - 1)), then run $n (see this script's header)"
+}
+
+stash() {
+  mkdir -p "$STASH"
+  cp "$ROOT/.whl/$1"/* "$STASH/"
+  echo "piece $1 stashed in $STASH"
+}
+
+run() {
+  stash "$1"
+  local want
+  want=$(cat "$STASH/PIECES" 2>/dev/null || echo "?")
+  [[ $want == "$1" ]] || { echo "piece 1 or the count is missing (PIECES: $want, this is $1): start again" >&2; exit 3; }
+  for part in "$STASH"/*.part00; do
+    [[ -e $part ]] || break
+    whl=${part%.part00}
+    cat "$whl".part* > "$whl" && rm "$whl".part*
+  done
+  (cd "$STASH" && sha256sum -c SHA256SUMS) || { echo "a wheel did not join whole: start again" >&2; exit 4; }
+  OUT=${OUT:-/tmp/eclip-out}
+  mkdir -p "$OUT"
+  bash "$ROOT/scripts/install_offline.sh" "$STASH" 2>&1 | tail -5 | tee "$OUT/install.log"
+  export PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/versions.txt" 2>&1 || true
+  echo "${BENCH[*]} --out \$OUT/serve_overhead.json" >> "$OUT/versions.txt"
+  (cd "$ROOT" && timeout 520 "${BENCH[@]}" --out "$OUT/serve_overhead.json" 2>&1 | tee "$OUT/serve_overhead.log" \
+    | grep -v -E '^\(|INFO')
+}
+
+case ${1:-} in
+  prepare) prepare ;;
+  stash) stash "${2:?stash K}" ;;
+  run) run "${2:?run N: the number of the last piece}" ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
+esac
