@@ -26,9 +26,11 @@
 #    writing serve_overhead.json, serve_overhead.md and the logs under $OUT. If the machine went back
 #    between calls (more than 30 s idle), `run` says which pieces are missing: start again at step 2.
 # 3. Here: copy serve_overhead.json and .md to benchmarks/results/h100/ and commit them.
+# `pieces DIR` and `join N` are the halves of prepare and run (WHL, STASH and CHUNK_MB may be set to try them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STASH=/tmp/eclip-wheels
+STASH=${STASH:-/tmp/eclip-wheels}
+WHL=${WHL:-$ROOT/.whl}
 CHUNK_MB=${CHUNK_MB:-30}
 # Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried.
 HAVE="aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attrs certifi charset_normalizer click
@@ -39,8 +41,8 @@ BENCH=(python3 benchmarks/serve_overhead.py --backend cuda --models resnet50 ber
   --clients 1 --warmup-s 2 --duration-s 5 --http-client requests)
 
 prepare() {
-  local dl="$ROOT/.whl/download"
-  rm -rf "$ROOT/.whl" && mkdir -p "$dl" "$ROOT/.whl/1"
+  local dl="$WHL/download"
+  rm -rf "$WHL" && mkdir -p "$dl" "$WHL/1"
   python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --dest "$dl" "ray[serve]>=2.40" "fastapi>=0.110" "pydantic>=2.6"
@@ -48,34 +50,38 @@ prepare() {
     name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
     if grep -qw -- "$name" <<< "$HAVE"; then rm "$w"; fi
   done
-  (cd "$dl" && sha256sum ./*.whl > "$ROOT/.whl/1/SHA256SUMS")
-  local n=1
+  pieces "$dl"
+}
+
+pieces() {  # pieces DIR: its wheels into .whl/1 (with SHA256SUMS and PIECES), big ones cut across .whl/2 ...
+  local dl=$1 n=1 w p
+  mkdir -p "$WHL/1"
+  (cd "$dl" && sha256sum ./*.whl > "$WHL/1/SHA256SUMS")
   for w in "$dl"/*.whl; do
     if (( $(stat -c %s "$w") > CHUNK_MB * 1048576 )); then
-      split -b "${CHUNK_MB}M" -d -a 2 "$w" "$dl/$(basename "$w").part"
+      split -b "${CHUNK_MB}M" -d -a 2 "$w" "$w.part"
       rm "$w"
     fi
   done
-  mv "$dl"/*.whl "$ROOT/.whl/1/" 2>/dev/null || true
+  mv "$dl"/*.whl "$WHL/1/" 2>/dev/null || true
   for p in "$dl"/*.part*; do
     [[ -e $p ]] || break
-    if [[ $p == *.part00 ]]; then mv "$p" "$ROOT/.whl/1/"; else n=$((n + 1)); mkdir -p "$ROOT/.whl/$n"; mv "$p" "$ROOT/.whl/$n/"; fi
+    if [[ $p == *.part00 ]]; then mv "$p" "$WHL/1/"; else n=$((n + 1)); mkdir -p "$WHL/$n"; mv "$p" "$WHL/$n/"; fi
   done
   rmdir "$dl"
-  echo "$n" > "$ROOT/.whl/1/PIECES"
-  du -sh "$ROOT"/.whl/*
+  echo "$n" > "$WHL/1/PIECES"
+  du -sh "$WHL"/*
   echo "carry them in $n calls: stash 1 ... stash $((n - 1)), then run $n (see this script's header)"
 }
 
 stash() {
   mkdir -p "$STASH"
-  cp "$ROOT/.whl/$1"/* "$STASH/"
+  cp "$WHL/$1"/* "$STASH/"
   echo "piece $1 stashed in $STASH"
 }
 
-run() {
-  stash "$1"
-  local want
+join() {  # join N: the stashed pieces back into whole, checked wheels
+  local want part whl
   want=$(cat "$STASH/PIECES" 2>/dev/null || echo "?")
   [[ $want == "$1" ]] || { echo "piece 1 or the count is missing (PIECES: $want, this is $1): start again" >&2; exit 3; }
   for part in "$STASH"/*.part00; do
@@ -83,7 +89,12 @@ run() {
     whl=${part%.part00}
     cat "$whl".part* > "$whl" && rm "$whl".part*
   done
-  (cd "$STASH" && sha256sum -c SHA256SUMS) || { echo "a wheel did not join whole: start again" >&2; exit 4; }
+  (cd "$STASH" && sha256sum --quiet -c SHA256SUMS) || { echo "a wheel did not join whole: start again" >&2; exit 4; }
+}
+
+run() {
+  stash "$1"
+  join "$1"
   OUT=${OUT:-/tmp/eclip-out}
   mkdir -p "$OUT"
   bash "$ROOT/scripts/install_offline.sh" "$STASH" 2>&1 | tail -5 | tee "$OUT/install.log"
@@ -97,6 +108,8 @@ run() {
 case ${1:-} in
   prepare) prepare ;;
   stash) stash "${2:?stash K}" ;;
+  pieces) pieces "${2:?pieces DIR}" ;;
+  join) join "${2:?join N}" ;;
   run) run "${2:?run N: the number of the last piece}" ;;
-  *) sed -n '2,30p' "$0"; exit 2 ;;
+  *) sed -n '2,29p' "$0"; exit 2 ;;
 esac
