@@ -12,19 +12,20 @@
 #        bash scripts/gpu_serve_overhead.sh prepare          # -> .whl/1 .whl/2 ... and the number of calls
 #    It downloads ray[serve] and what it needs for CPython 3.12 on manylinux x86_64, drops the wheels of
 #    packages the GPU image already has (KINDS.md), and cuts every file larger than CHUNK_MB (default 30;
-#    the tree's size plus CHUNK_MB must stay under 64 MiB) into pieces: .whl/1 holds the small wheels and
-#    the first piece, .whl/2, .whl/3 ... one piece each. With the tree at 34 MB that is 3 calls; with a
-#    tree under 26 MB and CHUNK_MB=40, 2 calls (ray in two chunks).
+#    the tree's size plus CHUNK_MB MiB must stay under 64 MiB) into pieces, one per folder .whl/1 ...
+#    .whl/N; the last, smallest piece also holds the small wheels, SHA256SUMS and PIECES. With the tree
+#    at 34 MB and ray 2.60's 79.3 MB wheel that is 3 calls (30 + 30 + 15.6 MiB); with a tree under
+#    25 MB and CHUNK_MB=40, 2 calls (ray in two chunks).
 # 2. On the device machine, calls back to back, each carrying one folder (the device tool's `run`):
 #        run(carry=[".whl/1"], command="bash scripts/gpu_serve_overhead.sh stash 1")
 #        run(carry=[".whl/2"], command="bash scripts/gpu_serve_overhead.sh stash 2")      # ... up to N-1
 #        run(carry=[".whl/N"], command="bash scripts/gpu_serve_overhead.sh run N")
-#    `stash K` copies .whl/K to /tmp/eclip-wheels; `run N` stashes the last piece, checks that pieces 1..N
-#    are all there, joins them (cat, then sha256 against .whl/1/SHA256SUMS), installs with
+#    `stash K` copies .whl/K to /tmp/eclip-wheels; `run N` stashes the last piece, joins the pieces
+#    (cat, then sha256 against SHA256SUMS: a piece missing fails here), installs with
 #    scripts/install_offline.sh (torch, torchvision and numpy stay as they are), then runs
 #        python3 benchmarks/serve_overhead.py --backend cuda ...   (the command line below)
 #    writing serve_overhead.json, serve_overhead.md and the logs under $OUT. If the machine went back
-#    between calls (more than 30 s idle), `run` says which pieces are missing: start again at step 2.
+#    between calls (more than 30 s idle), `run` fails on the count or the checksum: start again at step 2.
 # 3. Here: copy serve_overhead.json and .md to benchmarks/results/h100/ and commit them.
 # `pieces DIR` and `join N` are the halves of prepare and run (WHL, STASH and CHUNK_MB may be set to try them).
 set -euo pipefail
@@ -32,7 +33,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STASH=${STASH:-/tmp/eclip-wheels}
 WHL=${WHL:-$ROOT/.whl}
 CHUNK_MB=${CHUNK_MB:-30}
-# Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried.
+# Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried. If pip there
+# wants a newer version of one of them, take its name out and prepare again.
 HAVE="aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attrs certifi charset_normalizer click
 cloudpickle filelock frozenlist fsspec grpcio h11 httpcore httpx idna jinja2 markupsafe msgpack multidict numpy
 packaging pillow prometheus_client propcache protobuf psutil pyyaml requests rich six typing_extensions urllib3
@@ -42,7 +44,7 @@ BENCH=(python3 benchmarks/serve_overhead.py --backend cuda --models resnet50 ber
 
 prepare() {
   local dl="$WHL/download"
-  rm -rf "$WHL" && mkdir -p "$dl" "$WHL/1"
+  rm -rf "$WHL" && mkdir -p "$dl"
   python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --dest "$dl" "ray[serve]>=2.40" "fastapi>=0.110" "pydantic>=2.6"
@@ -53,23 +55,24 @@ prepare() {
   pieces "$dl"
 }
 
-pieces() {  # pieces DIR: its wheels into .whl/1 (with SHA256SUMS and PIECES), big ones cut across .whl/2 ...
-  local dl=$1 n=1 w p
-  mkdir -p "$WHL/1"
-  (cd "$dl" && sha256sum ./*.whl > "$WHL/1/SHA256SUMS")
+pieces() {  # pieces DIR: every piece of a big wheel into a folder of its own, .whl/1 ... .whl/N; the small
+            # wheels, SHA256SUMS and PIECES (N) go with the last, the smallest piece
+  local dl=$1 n=0 w p
   for w in "$dl"/*.whl; do
     if (( $(stat -c %s "$w") > CHUNK_MB * 1048576 )); then
       split -b "${CHUNK_MB}M" -d -a 2 "$w" "$w.part"
-      rm "$w"
     fi
   done
-  mv "$dl"/*.whl "$WHL/1/" 2>/dev/null || true
+  (cd "$dl" && sha256sum ./*.whl > SHA256SUMS)
   for p in "$dl"/*.part*; do
     [[ -e $p ]] || break
-    if [[ $p == *.part00 ]]; then mv "$p" "$WHL/1/"; else n=$((n + 1)); mkdir -p "$WHL/$n"; mv "$p" "$WHL/$n/"; fi
+    rm -f "${p%.part*}"
+    n=$((n + 1)); mkdir -p "$WHL/$n"; mv "$p" "$WHL/$n/"
   done
+  n=$((n > 0 ? n : 1)); mkdir -p "$WHL/$n"
+  echo "$n" > "$dl/PIECES"
+  mv "$dl"/* "$WHL/$n/"
   rmdir "$dl"
-  echo "$n" > "$WHL/1/PIECES"
   du -sh "$WHL"/*
   echo "carry them in $n calls: stash 1 ... stash $((n - 1)), then run $n (see this script's header)"
 }
@@ -83,11 +86,11 @@ stash() {
 join() {  # join N: the stashed pieces back into whole, checked wheels
   local want part whl
   want=$(cat "$STASH/PIECES" 2>/dev/null || echo "?")
-  [[ $want == "$1" ]] || { echo "piece 1 or the count is missing (PIECES: $want, this is $1): start again" >&2; exit 3; }
+  [[ $want == "$1" ]] || { echo "the count of pieces is $want, this is $1: start again" >&2; exit 3; }
   for part in "$STASH"/*.part00; do
     [[ -e $part ]] || break
     whl=${part%.part00}
-    cat "$whl".part* > "$whl" && rm "$whl".part*
+    cat "$whl".part* > "$whl" && rm "$whl".part*  # a missing piece fails the checksum below
   done
   (cd "$STASH" && sha256sum --quiet -c SHA256SUMS) || { echo "a wheel did not join whole: start again" >&2; exit 4; }
 }
@@ -111,5 +114,5 @@ case ${1:-} in
   pieces) pieces "${2:?pieces DIR}" ;;
   join) join "${2:?join N}" ;;
   run) run "${2:?run N: the number of the last piece}" ;;
-  *) sed -n '2,29p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set /p' "$0" | sed '$d'; exit 2 ;;
 esac
