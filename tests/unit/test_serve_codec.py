@@ -252,3 +252,34 @@ def test_a_header_length_in_other_digits_is_a_400():
     for value in ("²", "１２", "1_0"):
         with pytest.raises(RequestError, match="byte count"):
             codec.header_length(value)
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8"])
+def test_json_numbers_give_every_float_back_exactly(dtype):
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(3)
+    values = np.concatenate(
+        [
+            rng.standard_normal(500).astype(dtype) * np.asarray(10.0, dtype) ** rng.integers(-4, 4, 500).astype(dtype),
+            np.array([info.max, -info.max, info.tiny, info.smallest_subnormal, info.eps, 0.0, -0.0, 1.0], dtype),
+        ]
+    )
+    text = codec.json_numbers(values.reshape(2, -1))
+    back = np.array(json.loads(text), dtype=dtype)
+    np.testing.assert_array_equal(back, values)
+    assert np.array_equal(np.signbit(back), np.signbit(values))
+
+
+def test_json_numbers_are_shorter_than_python_floats_and_keep_json_for_the_rest():
+    x = np.random.default_rng(4).standard_normal(1000).astype("<f4")
+    assert len(codec.json_numbers(x)) < 0.7 * len(json.dumps(x.tolist()))
+    for other in (np.array([np.nan, np.inf, 1.5], "<f4"), np.arange(5, dtype="<i8"), np.array([True, False])):
+        assert codec.json_numbers(other) == json.dumps(other.tolist(), separators=(",", ":"))
+
+
+def test_binary_outputs_follow_the_header_unchanged():
+    a = np.arange(12, dtype="<f4").reshape(3, 4)[1:]  # a view: its own bytes, not its base's
+    body, n = codec.encode_response("m", [("a", a), ("b", np.ones((2, 1), "<i8"))], {"a": True, "b": True}, "x")
+    assert body[n:] == a.tobytes() + np.ones((2, 1), "<i8").tobytes()
+    doc = json.loads(body[:n])
+    assert doc["id"] == "x" and [o["parameters"]["binary_data_size"] for o in doc["outputs"]] == [32, 16]

@@ -215,22 +215,61 @@ def _decode_outputs(items: Any) -> list[RequestedOutput] | None:
     return out
 
 
-def _entries(tensors: Sequence[tuple[str, np.ndarray]], binary: Mapping[str, bool]) -> tuple[list, list[bytes]]:
-    entries, chunks = [], []
+# Significant digits that give back every value of a float type of this many bytes exactly.
+_EXACT_DIGITS = {2: 5, 4: 9, 8: 17}
+
+
+def json_numbers(array: np.ndarray) -> str:
+    """The values of ``array`` as a flat JSON list, as ``json.dumps(array.ravel().tolist())`` would read back.
+
+    Finite floats are written with the fewest digits that keep the array's own precision
+    (``%.9g`` for FP32), about twice as fast as ``json.dumps`` of Python floats and half the
+    bytes: the JSON tensor path spends most of its time here for large outputs.
+    """
+    flat = array.ravel()
+    if flat.dtype.kind != "f" or not flat.size or not _plain(flat):
+        return json.dumps(flat.tolist(), separators=(",", ":"))
+    digits = _EXACT_DIGITS[flat.dtype.itemsize]
+    return "[" + ",".join([f"%.{digits}g"] * flat.size) % tuple(flat.tolist()) + "]"
+
+
+def _plain(flat: np.ndarray) -> bool:
+    # NaN and Infinity are written as json.dumps writes them, and -0.0 keeps its sign ("%g" gives "-0").
+    return bool(np.isfinite(flat).all() and not (np.signbit(flat) & (flat == 0)).any())
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One tensor of a body: its JSON entry without the values, and the values as JSON text or raw bytes."""
+
+    entry: dict[str, Any]
+    data: str | None = None
+    raw: memoryview | None = None
+
+    def json(self) -> str:
+        head = json.dumps(self.entry, separators=(",", ":"))
+        return head if self.data is None else f'{head[:-1]},"data":{self.data}}}'
+
+
+def _tensors(tensors: Sequence[tuple[str, np.ndarray]], binary: Mapping[str, bool]) -> list[_Tensor]:
+    out = []
     for name, array in tensors:
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
         if binary.get(name, False):
-            chunks.append(array.tobytes())
-            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            out.append(_Tensor(entry, raw=memoryview(array.reshape(-1).view(np.uint8))))  # copied once, by join
         else:
-            entry["data"] = array.ravel().tolist()
-        entries.append(entry)
-    return entries, chunks
+            out.append(_Tensor(entry, data=json_numbers(array)))
+    return out
 
 
-def _frame(doc: dict, chunks: list[bytes]) -> tuple[bytes, int | None]:
-    head = json.dumps(doc, separators=(",", ":")).encode()
+def _frame(doc: dict, key: str, tensors: list[_Tensor]) -> tuple[bytes, int | None]:
+    """``doc`` with ``key`` holding ``tensors``, followed by their raw bytes (one copy of each)."""
+    listed = "[" + ",".join(t.json() for t in tensors) + "]"
+    rest = json.dumps(doc, separators=(",", ":"))
+    head = f'{rest[:-1]}{"," if doc else ""}"{key}":{listed}}}'.encode()
+    chunks = [t.raw for t in tensors if t.raw is not None]
     if not chunks:
         return head, None
     return b"".join([head, *chunks]), len(head)
@@ -249,8 +288,7 @@ def encode_response(
     doc: dict[str, Any] = {"model_name": model, "model_version": "1"}
     if request_id is not None:
         doc["id"] = request_id
-    doc["outputs"], chunks = _entries(outputs, binary)
-    return _frame(doc, chunks)
+    return _frame(doc, "outputs", _tensors(outputs, binary))
 
 
 def binary_choice(request: InferRequest, names: Sequence[str]) -> dict[str, bool]:
@@ -269,14 +307,13 @@ def encode_request(
 ) -> tuple[bytes, int | None]:
     """A request body (the client side, for tests and tools) and its JSON length (None: all JSON)."""
     doc: dict[str, Any] = {} if request_id is None else {"id": request_id}
-    doc["inputs"], chunks = _entries(inputs, {name: binary for name, _ in inputs})
     if outputs is not None:
         doc["outputs"] = [
             {"name": o.name, **({} if o.binary is None else {"parameters": {"binary_data": o.binary}})} for o in outputs
         ]
     if binary_output:
         doc["parameters"] = {"binary_data_output": True}
-    return _frame(doc, chunks)
+    return _frame(doc, "inputs", _tensors(inputs, {name: binary for name, _ in inputs}))
 
 
 def decode_response(body: bytes, json_length: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
