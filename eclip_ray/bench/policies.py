@@ -106,13 +106,6 @@ def build_all(policies: Sequence[str], mix: MixInputs) -> dict[str, Setup]:
     return {p: build(p, mix) for p in policies}
 
 
-def pool_layout(mix: MixInputs, setups: Mapping[str, Setup]) -> Layout:
-    """One pool for every in-process policy of the mix: the ladder plus the partitions the others need."""
-    base = mix.ladder()
-    extra = {p.name: p for s in setups.values() for p in s.partitions if p.name not in base.names}
-    return Layout(base.geometry, (*base.partitions, *extra.values()))
-
-
 def policy_layout(mix: MixInputs, setup: Setup) -> Layout:
     """The pool of one policy: the ladder where its plans may switch, else its own partitions and the whole GPU."""
     if setup.policy in ("kw-prealloc", "eclip"):

@@ -3,14 +3,12 @@ against onnxruntime's CPU execution provider. Needs onnx, onnxruntime and onnx2t
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from onnx_export import export_zoo
 
 from eclip_ray.graph import Plan, leaf_cuts
 from eclip_ray.graph.onnx_runner import runner_for
-from eclip_ray.models import get
 from eclip_ray.models import onnx as onnx_models
 
 pytestmark = pytest.mark.gpu
@@ -21,24 +19,7 @@ pytest.importorskip("onnx2torch")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
-    out = {}
-    torch.manual_seed(0)
-    for zoo_name, input_name in (("tiny-cnn", "input"), ("tiny-bert", "input_ids")):
-        spec = get(zoo_name)
-        path = root / f"{zoo_name}.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                spec.build().eval(),
-                spec.make_inputs(2),
-                path,
-                input_names=[input_name],
-                dynamic_axes={input_name: {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        out[zoo_name] = path
-    return out
+    return {name: export_zoo(name, root / f"{name}.onnx") for name in ("tiny-cnn", "tiny-bert")}
 
 
 @pytest.mark.parametrize("zoo_name", ["tiny-cnn", "tiny-bert"])

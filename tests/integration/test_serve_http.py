@@ -25,6 +25,8 @@ serve = pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http")
 
+from onnx_export import export_zoo  # noqa: E402
+
 from eclip_ray.actor.loader import zoo_entry  # noqa: E402
 from eclip_ray.serve import AppConfig, build_app  # noqa: E402
 from eclip_ray.serve._private import codec  # noqa: E402
@@ -77,34 +79,10 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 ONNX_MODEL = "onnx-cnn"
 
 
-def _export_tiny_cnn(path) -> None:
-    """TinyCNN (seeded weights) as ONNX with a dynamic batch dimension."""
-    import warnings
-
-    import torch
-
-    from eclip_ray.models import get
-
-    spec = get("tiny-cnn")
-    torch.manual_seed(0)
-    module = spec.build().eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            spec.make_inputs(2),
-            str(path),
-            input_names=["input"],
-            dynamic_axes={"input": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-
-
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny-cnn.onnx"
-    _export_tiny_cnn(path)
+    export_zoo("tiny-cnn", path)
     return path
 
 

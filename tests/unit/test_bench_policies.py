@@ -115,10 +115,10 @@ def test_eclip_plans_name_only_pool_partitions_and_carry_the_prediction():
     e = setups["eclip"]
     assert not e.skipped and set(e.plans) == set(mix.instances)
     assert e.details["predicted"]["latency_ms"].keys() == set(mix.instances)
-    layout = policies.pool_layout(mix, setups)
-    named = {p for s in setups.values() for plan in s.plans.values() for p in plan.partitions}
-    assert named <= set(layout.names)
-    assert set(mix.ladder().names) <= set(layout.names)
+    for policy, setup in setups.items():  # every policy's plans name only partitions of its own pool
+        named = {p for plan in setup.plans.values() for p in plan.partitions}
+        assert named <= set(policies.policy_layout(mix, setup).names), policy
+    assert policies.policy_layout(mix, e).names == mix.ladder().names
 
 
 def test_eclip_reports_an_infeasible_slo_as_skipped():

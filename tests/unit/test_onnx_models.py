@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 import torch
+from onnx_export import export
 
 from eclip_ray.errors import PlanError
 from eclip_ray.graph import ModelRunner, Plan, leaf_cuts
@@ -17,21 +18,6 @@ from eclip_ray.partition.cpu import CpuBackend
 from eclip_ray.partition.layout import ladder
 
 EXPORTERS = ("torchscript", "dynamo")  # torch's legacy exporter (opset 17) and its dynamo one (opset 18+)
-
-
-def export(module, inputs, path, names, exporter):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch")
-            shapes = tuple({0: batch} for _ in inputs)
-            torch.onnx.export(module, inputs, path, input_names=names, dynamic_shapes=shapes, dynamo=True)
-        else:
-            axes = {n: {0: "batch"} for n in names}
-            torch.onnx.export(
-                module, inputs, path, input_names=names, dynamic_axes=axes, opset_version=17, dynamo=False
-            )
-    return path
 
 
 @pytest.fixture(scope="module")

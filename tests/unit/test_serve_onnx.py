@@ -3,46 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import warnings
 
 import numpy as np
 import pytest
-import torch
+from onnx_export import export_zoo
 from pydantic import ValidationError
 
 from eclip_ray.actor import GpuWorker, ServedModel, TensorInfo
 from eclip_ray.actor.loader import is_import_path, zoo_entry
-from eclip_ray.models import get
 from eclip_ray.serve import AppConfig
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx2torch")
 
 
-def _export(path, dynamic: bool = True):
-    spec = get("tiny-cnn")
-    torch.manual_seed(0)
-    module = spec.build().eval()
-    axes = {"input": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            spec.make_inputs(2),
-            str(path),
-            input_names=["input"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """(allowed dir holding tiny-cnn.onnx, a dir outside it holding another copy)."""
     allowed, outside = tmp_path_factory.mktemp("allowed"), tmp_path_factory.mktemp("outside")
-    _export(allowed / "tiny-cnn.onnx")
+    export_zoo("tiny-cnn", allowed / "tiny-cnn.onnx")
     (outside / "tiny-cnn.onnx").write_bytes((allowed / "tiny-cnn.onnx").read_bytes())
     return allowed, outside
 
@@ -109,7 +88,7 @@ def test_an_empty_onnx_path_is_a_config_error(dirs):
 
 def test_a_fixed_batch_export_is_refused_with_the_reason(dirs):
     allowed, _ = dirs
-    path = _export(allowed / "fixed.onnx", dynamic=False)
+    path = export_zoo("tiny-cnn", allowed / "fixed.onnx", dynamic=False)
     with pytest.raises(ValueError, match="exactly 2 rows; export it with a dynamic batch dimension"):
         AppConfig.model_validate(_app(f"onnx:{path}", [allowed])).resolved()
 
