@@ -39,7 +39,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 for s in "$@"; do
   case $s in
-    tests) step gpu_tests 150 python3 -m pytest -v -s tests/gpu ;;
+    tests) step gpu_tests 240 python3 -m pytest -v -s tests/gpu ;;
     bench) step runtime_bench 200 python3 benchmarks/runtime_bench.py --out "$W/runtime_bench.json" ;;
     demo) step demo 120 python3 -m eclip_ray.cli demo --batch-size 8 ;;
     power) step power 90 python3 -m eclip_ray.cli calibrate-power --out "$W/profiles/power.json" ;;
