@@ -416,6 +416,7 @@ def header(argv: Sequence[str], config: AppConfig, model: str) -> dict[str, Any]
         "backend": config.backend,
         "model": cfg.model_dump(mode="json", exclude={"inputs", "outputs"}, exclude_none=True),
         "limits": config.limits.model_dump(mode="json"),
+        "ingress_replicas": config.ingress_count(),
     }
 
 
@@ -512,6 +513,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-actor-at", type=float, dest="kill_actor_at_s", help="kill the GPU actor S s into the loop")
     p.add_argument("--kill-gpu", type=int, default=0, help="which GPU actor --kill-actor-at kills")
     p.add_argument("--no-slo-check", action="store_true", help="do not fail the run for an accepted p99 over the SLO")
+    p.add_argument("--ingress-replicas", type=int, help="override the config's ingress_replicas")
     p.add_argument("--out", type=Path, help="write the result JSON here")
     return p.parse_args(argv)
 
@@ -519,6 +521,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_of(args.config, args.preset)
+    if args.ingress_replicas is not None:
+        config = config.model_copy(update={"ingress_replicas": args.ingress_replicas})
     s = Settings(
         **{k: getattr(args, k) for k in ("model", "rows", "concurrency", "capacity_s", "load_factor", "duration_s")},
         seed=args.seed,

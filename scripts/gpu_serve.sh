@@ -27,6 +27,7 @@
 #                 (tritonclient.http and JSON) and Ray's Prometheus export
 #      placement  benchmarks/serve_placement.py on 1 and 2 GPUs (needs two GPUs)
 #      overhead   benchmarks/serve_overhead.py at batch 1 and 8
+#      ingress    benchmarks/serve_load.py: the capacity of the example's resnet50 with 1 and 4 ingress replicas
 #      load       benchmarks/serve_load.py: resnet50 of the example at 2x its capacity, open loop
 #      kill       benchmarks/serve_load.py at 1x with the GPU actor killed 5 s in: time to recover
 #      soak:S     benchmarks/serve_soak.py for S seconds, RSS and GPU memory sampled
@@ -38,9 +39,10 @@ STASH=${STASH:-/tmp/eclip-wheels}
 WHL=${WHL:-$ROOT/.whl}
 CHUNK_MB=${CHUNK_MB:-29}
 # Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried. If pip there
-# wants a newer version of one of them, take its name out and prepare again.
-HAVE="aiofiles aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attrs certifi charset_normalizer click
-cloudpickle filelock frozenlist fsspec grpcio h11 httpcore httpx idna jinja2 markupsafe msgpack multidict numpy
+# wants a newer version of one of them, take its name out and prepare again (ray 2.60 wanted newer aiohttp
+# and, through grpcio-reflection, grpcio than the image had on 2026-11-28).
+HAVE="aiofiles aiohappyeyeballs aiosignal annotated_doc anyio attrs certifi charset_normalizer click
+cloudpickle filelock frozenlist fsspec h11 httpcore httpx idna jinja2 markupsafe msgpack multidict numpy
 packaging pillow prometheus_client propcache protobuf psutil pyyaml requests rich six typing_extensions urllib3
 uvloop yarl pygments markdown_it_py mdurl shellingham typer wrapt zipp setuptools wheel pip tqdm ml_dtypes"
 
@@ -195,6 +197,11 @@ steps() {
         --out "$W/serve_placement.json" ;;
       overhead) step overhead 560 python3 benchmarks/serve_overhead.py --backend cuda --models resnet50 bert-base \
         --batch-sizes 1 8 --clients 1 --warmup-s 2 --duration-s 5 --out "$W/serve_overhead.json" ;;
+      ingress)  # capacity of the example's resnet50 with one ingress replica and with four
+        for r in 1 4; do
+          step "ingress_$r" 200 python3 benchmarks/serve_load.py "${load[@]}" --ingress-replicas "$r" \
+            --load-factor 1 --duration-s 3 --no-slo-check --out "$W/ingress_$r.json"
+        done ;;
       load) step load 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 2 --duration-s 30 \
         --out "$W/load_2x.json" ;;
       kill) step kill 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 1 --duration-s 30 \
@@ -206,15 +213,20 @@ steps() {
   done
 }
 
+install_tritonclient() {  # the example client's HTTP client, if its wheels came
+  compgen -G "$STASH/tritonclient-*.whl" > /dev/null || return 0
+  # --no-deps: tritonclient pins ml-dtypes<=0.5.4, which the image has newer; its HTTP client does not need it
+  python3 -m pip install --no-index --no-deps "$STASH"/{tritonclient,geventhttpclient,gevent,greenlet}-*.whl \
+    "$STASH"/{zope_event,zope_interface,brotli,python_rapidjson}-*.whl
+}
+
 run() {
   local n=$1; shift
   stash "$n"
   join "$n"
   mkdir -p "$W"
   bash "$ROOT/scripts/install_offline.sh" "$STASH" > "$W/install.log" 2>&1 || { tail -30 "$W/install.log"; exit 6; }
-  if compgen -G "$STASH/tritonclient-*.whl" > /dev/null; then  # the example client's (and the tests') HTTP client
-    python3 -m pip install --no-index --find-links "$STASH" "tritonclient[http]" >> "$W/install.log" 2>&1
-  fi
+  install_tritonclient >> "$W/install.log" 2>&1
   tail -3 "$W/install.log"
   steps "$@"
 }

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from eclip_ray.models import onnx_ops
+from eclip_ray.models.onnx_capture import host_shape_math
 from eclip_ray.models.zoo import ZooModel
 
 CONVERTER_OPSET = 17  # onnx2torch's own converters reach this opset
@@ -106,6 +107,7 @@ class OnnxModel:
         proto = onnx_ops.normalized(self.proto)
         missing = onnx_ops.unconvertible(proto)
         module = convert(self._downgraded(proto, missing) if missing else proto).eval()
+        module = host_shape_math(module)  # CUDA graph capture forbids device shape arithmetic
         if verify:
             self.verify(module, atol, rtol)
         return module

@@ -6,6 +6,7 @@ an error rather than a silently ignored setting. Units are in the names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -174,6 +175,12 @@ class AppConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (eclip-ray serve).")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead GPU actor.")
     actor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each GPU actor.")
+    ingress_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of the HTTP ingress (decoding, validation, routing), each a process of its own; "
+        "none: one per 8 CPUs of the machine that builds the app, 1 to 4.",
+    )
     limits: Limits = Field(default_factory=Limits, description="Request, queue and time limits.")
 
     @model_validator(mode="after")
@@ -208,6 +215,12 @@ class AppConfig(BaseModel):
                 m = m.model_copy(update={"inputs": specs})
             models.append(m)
         return self.model_copy(update={"models": models})
+
+    def ingress_count(self) -> int:
+        """``ingress_replicas``, or one per 8 CPUs of this machine (1 to 4) when not set."""
+        if self.ingress_replicas is not None:
+            return self.ingress_replicas
+        return min(4, max(1, (os.cpu_count() or 1) // 8))
 
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)

@@ -177,3 +177,35 @@ def test_a_conversion_that_disagrees_with_onnxruntime_is_refused(models):
         next(module.parameters()).add_(1.0)
     with pytest.raises(ValueError, match="differs from onnxruntime"):
         model.verify(module)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("zoo_name", ["tiny-cnn", "tiny-bert"])
+def test_converted_model_does_its_shape_arithmetic_on_the_host(models, zoo_name, exporter):
+    # On the meta device every read of a device value (.item(), torch.Size(tensor)) raises, and so
+    # would a CUDA graph capture: the converted graph must run there with only its shape values on the host.
+    _, path = models[f"{zoo_name}-{exporter}"]
+    onnx = onnx_models.load(path, allowed_dirs=[path.parent])
+    module = onnx.to_module().to("meta")
+    for batch, dtype in ((1, torch.float32), (3, torch.float16)):
+        (x,) = onnx.make_inputs(batch)
+        x = x.to("meta", dtype) if x.is_floating_point() else x.to("meta")
+        out = module.to(dtype)(x)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        assert out.device.type == "meta" and out.shape[0] == batch and out.dtype == dtype
+
+
+def test_without_the_host_rewrite_a_transformer_reads_device_values():
+    # The check above can fail: onnx2torch's own conversion of tiny-bert reads shape values from the device.
+    onnx2torch = pytest.importorskip("onnx2torch")
+    spec = get("tiny-bert")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tempfile
+        from pathlib import Path
+
+        path = export(spec.build().eval(), spec.make_inputs(2), Path(tempfile.mkdtemp()) / "b.onnx", ["input_ids"])
+    raw = onnx2torch.convert(str(path)).eval().to("meta")
+    with pytest.raises((RuntimeError, TypeError)):
+        raw(spec.make_inputs(2)[0].to("meta"))

@@ -70,3 +70,13 @@ def test_a_bare_app_config_file(tmp_path):
     path.write_text("models:\n  - name: tiny-cnn\ngpus: 1\nbackend: cpu\n")
     cfg, app = load_config(path)
     assert cfg.backend == "cpu" and app == {}
+
+
+@pytest.mark.parametrize(("cpus", "replicas"), [(None, 1), (2, 1), (16, 2), (32, 4), (128, 4)])
+def test_ingress_replicas_follow_the_cpus_unless_set(monkeypatch, cpus, replicas):
+    cfg = AppConfig.model_validate({"models": [{"name": "tiny-cnn"}]})
+    monkeypatch.setattr("eclip_ray.serve.config.os.cpu_count", lambda: cpus)
+    assert cfg.ingress_count() == replicas
+    assert cfg.model_copy(update={"ingress_replicas": 3}).ingress_count() == 3
+    with pytest.raises(ValueError, match="ingress_replicas"):
+        AppConfig.model_validate({"models": [{"name": "tiny-cnn"}], "ingress_replicas": 0})
