@@ -12,8 +12,8 @@ the GPU: ``Shape`` returns a host tensor; small integer constants stay on the ho
 leaves alone); an op whose inputs
 are all host tensors and that holds no tensors of its own computes on the host. Where
 a host tensor meets device tensors, ops that read it as sizes (``Reshape``, ``Expand``,
-``Slice``, ...) take it as it is, and any other op gets it through :class:`ToDeviceOf`:
-a copy from pinned host memory, which a capture records as a copy node. ``ConstantOfShape``
+``Slice``, ...) take it as it is, and any other op gets it through :class:`ToDeviceOf`,
+which copies each value to the device once, before capture, and keeps it. ``ConstantOfShape``
 (whose onnx2torch form reads its fill value from the device) is rebuilt on the host. Every shape
 is fixed within one captured graph, so these values are constants of the capture.
 """
@@ -75,13 +75,15 @@ class HostConstantOfShape(nn.Module):
 
 
 class ToDeviceOf(nn.Module):
-    """A host tensor on the device of ``like`` (a floating one in ``like``'s floating dtype), copied from
-    pinned memory that this module keeps alive: a CUDA graph captured around the copy reads that memory
-    at every replay."""
+    """A host tensor on the device of ``like`` (a floating one in ``like``'s floating dtype).
+
+    The device copy of each distinct value is made once, outside graph capture (the runner's
+    warm-up runs come first), and kept: a graph captured later reads that tensor at every replay
+    and records no copy at all."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._pinned: dict[tuple, torch.Tensor] = {}
+        self._on_device: dict[tuple, torch.Tensor] = {}
 
     def forward(self, host: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if host.is_floating_point() and like.is_floating_point() and host.dtype != like.dtype:
@@ -90,11 +92,16 @@ class ToDeviceOf(nn.Module):
             return host
         if like.device.type != "cuda":
             return host.to(like.device)
-        key = (host.dtype, tuple(host.shape), tuple(host.flatten().tolist()))
-        buf = self._pinned.get(key)
-        if buf is None:
-            buf = self._pinned[key] = host.pin_memory()
-        return buf.to(like.device, non_blocking=True)
+        key = (like.device, host.dtype, tuple(host.shape), tuple(host.flatten().tolist()))
+        out = self._on_device.get(key)
+        if out is None:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    f"shape value {key[3]} first seen during CUDA graph capture: run the model once at this "
+                    "batch size before capturing it"
+                )
+            out = self._on_device[key] = host.to(like.device)
+        return out
 
 
 def _small_int(value: object) -> bool:
