@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Where the serving path spends its CPU: py-spy on every serving process while a closed loop drives resnet50.
+# Where the serving path spends its CPU: py-spy (installed with ray[serve]) on every serving process while a
+# closed loop of CLIENTS (8) clients drives the example app's resnet50. Run it on the GPU machine once
+# scripts/gpu_serve.sh has installed Ray there; the collapsed stacks land in $OUT/work/spy_*.txt
+# (benchmarks/results/h200/serve/profile/ holds one run).
 set -u
 OUT=${OUT:-/tmp/eclip-out}; W=$OUT/work; mkdir -p "$W"; export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32
 ray stop --force >/dev/null 2>&1
