@@ -8,8 +8,7 @@
 # dashboard's source maps (RECORD rewritten to match; nothing else changes) and packs every wheel into
 # folders .whl/1 ... .whl/N of at most CHUNK_MB MiB each, cutting a file larger than that into pieces.
 #
-# 1. Here, on a connected machine, from the repository root (once):
-#        echo /.whl/ >> .git/info/exclude
+# 1. Here, on a connected machine, from the repository root (once; .whl/ is in .gitignore):
 #        bash scripts/gpu_serve.sh prepare          # -> .whl/1 ... .whl/N and the number of calls
 #    It downloads ray[serve], fastapi, pydantic and tritonclient[http] for CPython 3.12 on manylinux
 #    x86_64 and drops the wheels of packages the GPU image already has (KINDS.md).
