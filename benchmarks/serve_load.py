@@ -407,10 +407,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def command_of(argv: Sequence[str]) -> str:
+    """The command line of a benchmark script, as run from the repository root."""
+    return "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]])
+
+
 def header(argv: Sequence[str], config: AppConfig, model: str) -> dict[str, Any]:
     cfg = config.model(model)
     return {
-        "command": "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]]),
+        "command": command_of(argv),
         "date": results.now_iso(),
         "machine": machine(),
         "backend": config.backend,

@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = serve_load.config_of(args.config, "tiny-cnn")
     argv = sys.argv if argv is None else ["serve_placement.py", *argv]
     doc: dict[str, Any] = {
-        "command": "python benchmarks/" + " ".join([Path(argv[0]).name, *argv[1:]]),
+        "command": serve_load.command_of(argv),
         "date": results.now_iso(),
         "machine": serve_load.machine(),
         "config": str(args.config.name),

@@ -7,18 +7,27 @@ with ``.item()`` and ``torch.Size(...)``: device-to-host syncs, forbidden too. E
 with a dynamic batch dimension are full of such chains (every transformer).
 
 :func:`host_shape_math` rewrites the fx graph so that this arithmetic never touches
-the GPU: ``Shape`` returns a host tensor; small integer constants stay on the host
-(constants and initializers alike: they become plain attributes, which ``.to(device)``
-leaves alone); an op whose inputs
-are all host tensors and that holds no tensors of its own computes on the host. Where
-a host tensor meets device tensors, ops that read it as sizes (``Reshape``, ``Expand``,
-``Slice``, ...) take it as it is, and any other op gets it through :class:`ToDeviceOf`,
-which copies each value to the device once, before capture, and keeps it. ``ConstantOfShape``
-(whose onnx2torch form reads its fill value from the device) is rebuilt on the host. Every shape
-is fixed within one captured graph, so these values are constants of the capture.
+the GPU:
+
+* ``Shape`` returns a host tensor.
+* Small integer constants and initializers stay on the host. They become plain
+  attributes, which ``.to(device)`` leaves alone.
+* ``ConstantOfShape`` is rebuilt on the host (onnx2torch's reads its fill value from
+  the device).
+* An op whose inputs are all host tensors and that holds no tensors of its own
+  computes on the host.
+* Where a host tensor meets device tensors, ops that read it as sizes (``Reshape``,
+  ``Expand``, ``Slice``, ...) take it as it is. Any other op gets it through
+  :class:`ToDeviceOf`, which copies each value to the device once, before capture,
+  and keeps it.
+
+Every shape is fixed within one captured graph, so these values are constants of the
+capture.
 """
 
 from __future__ import annotations
+
+from operator import attrgetter
 
 import torch
 from torch import fx, nn
@@ -118,13 +127,6 @@ def _is_small_int_constant(mod: nn.Module) -> bool:
     return type(mod).__name__ == "OnnxConstant" and _small_int(getattr(mod, "value", None))
 
 
-def _attr(gm: nn.Module, target: str) -> object:
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _holds_tensors(mod: nn.Module) -> bool:
     return any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
 
@@ -135,7 +137,7 @@ def host_shape_math(gm: fx.GraphModule) -> fx.GraphModule:
     transfers = 0
     for node in list(gm.graph.nodes):
         if node.op == "get_attr":  # initializers: small integer ones are shape values (dynamo exports)
-            value = _attr(gm, node.target)
+            value = attrgetter(node.target)(gm)
             if _small_int(value):
                 name = f"eclip_host_{node.target.replace('.', '_')}"
                 gm.add_submodule(name, HostConstant(value))

@@ -9,6 +9,7 @@ deployment per model (batching) -> the GPU actors, created and owned by the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,7 +84,7 @@ def build_app(config: AppConfig | Mapping[str, Any]):
         name=INGRESS,
         num_replicas=replicas,
         ray_actor_options=light,
-        max_ongoing_requests=-(-sum(_model_ongoing(m, cfg) for m in cfg.models) // replicas),
+        max_ongoing_requests=math.ceil(sum(_model_ongoing(m, cfg) for m in cfg.models) / replicas),
         max_queued_requests=sum(_model_held(m, cfg) for m in cfg.models),  # per caller (the proxy), not replica
         backpressure_config={"status_code": 503, "retry_after_s": cfg.limits.retry_after_s},
     )

@@ -195,17 +195,14 @@ def test_converted_model_does_its_shape_arithmetic_on_the_host(models, zoo_name,
         assert out.device.type == "meta" and out.shape[0] == batch and out.dtype == dtype
 
 
-def test_without_the_host_rewrite_a_transformer_reads_device_values():
+def test_without_the_host_rewrite_a_transformer_reads_device_values(tmp_path):
     # The check above can fail: onnx2torch's own conversion of tiny-bert reads shape values from the device.
     onnx2torch = pytest.importorskip("onnx2torch")
     spec = get("tiny-bert")
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import tempfile
-        from pathlib import Path
-
-        path = export(spec.build().eval(), spec.make_inputs(2), Path(tempfile.mkdtemp()) / "b.onnx", ["input_ids"])
+        path = export(spec.build().eval(), spec.make_inputs(2), tmp_path / "b.onnx", ["input_ids"])
     raw = onnx2torch.convert(str(path)).eval().to("meta")
     with pytest.raises((RuntimeError, TypeError)):
         raw(spec.make_inputs(2)[0].to("meta"))
