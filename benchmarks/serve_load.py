@@ -356,7 +356,8 @@ def local_app(
     port = free_port()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        http = AppConfig.model_validate(config).http_options()
+        serve.start(http_options={**http, "host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         for path in [f"/v2/models/{m}/ready" for m in ready_models] if ready_models else ["/v2/health/ready"]:
@@ -514,7 +515,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-factor", type=float, default=2.0, help="open-loop rate as a multiple of the capacity")
     p.add_argument("--duration-s", type=float, default=10.0, help="length of the open loop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout-s", type=float, default=30.0, help="client timeout: a request unanswered by then is lost")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        help="client timeout: a request unanswered by then is lost (default: 5 s past the proxy's request timeout)",
+    )
     p.add_argument("--kill-actor-at", type=float, dest="kill_actor_at_s", help="kill the GPU actor S s into the loop")
     p.add_argument("--kill-gpu", type=int, default=0, help="which GPU actor --kill-actor-at kills")
     p.add_argument("--no-slo-check", action="store_true", help="do not fail the run for an accepted p99 over the SLO")
@@ -531,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings(
         **{k: getattr(args, k) for k in ("model", "rows", "concurrency", "capacity_s", "load_factor", "duration_s")},
         seed=args.seed,
-        timeout_s=args.timeout_s,
+        timeout_s=args.timeout_s or config.http_options()["request_timeout_s"] + 5.0,
         kill_actor_at_s=args.kill_actor_at_s,
         kill_gpu=args.kill_gpu,
         capacity_rps=args.capacity_rps,

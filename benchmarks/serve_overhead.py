@@ -292,7 +292,7 @@ def http_paths(config, cases, args) -> dict:
     from eclip_ray.serve import build_app
 
     url = f"http://127.0.0.1:{config.port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": config.port})
+    serve.start(http_options={**config.http_options(), "host": "127.0.0.1"})
     serve.run(build_app(config), name=APP, route_prefix="/")
     try:
         _wait_ready(url, args.ready_timeout_s)

@@ -28,7 +28,7 @@ def main() -> None:
     from ray import serve
 
     ray.init()
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(http_options=config.http_options())
     serve.run(app, name="eclip-example", route_prefix="/")
     print(f"serving at http://{config.host}:{config.port}/v2; models are ready when /v2/health/ready says 200")
     try:

@@ -29,7 +29,10 @@
 #      ingress    benchmarks/serve_load.py: the capacity of the example's resnet50 with 1 and 4 ingress replicas
 #      load       benchmarks/serve_load.py: resnet50 of the example at 2x its capacity, open loop
 #      kill       benchmarks/serve_load.py at 1x with the GPU actor killed 5 s in: time to recover
+#      load_before  load with the code in ./before (git archive of an earlier commit), for a before/after
 #      soak:S     benchmarks/serve_soak.py for S seconds, RSS and GPU memory sampled
+#      soak_start:S, soak_wait:T  the same soak in the background (it outlives the call), and a later call's
+#                 wait of up to T s for it: a 10-minute soak does not fit in one call with the app's start
 # 3. Here: extract results.tgz and copy the results to benchmarks/results/<card>/serve/.
 # `pieces DIR` and `join N` are the halves of prepare and run (WHL, STASH and CHUNK_MB may be set to try them).
 set -euo pipefail
@@ -138,6 +141,7 @@ join() {  # join N: the stashed pieces back into whole, checked wheels
 }
 
 export OUT=${OUT:-/tmp/eclip-out}
+SOAK=/tmp/eclip-soak  # outside $OUT, which each call empties
 W=$OUT/work
 
 step() {  # step NAME LIMIT_S COMMAND...: one step under its limit, its output in $W/NAME.log
@@ -203,8 +207,30 @@ steps() {
         done ;;
       load) step load 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 2 --duration-s 30 \
         --out "$W/load_2x.json" ;;
+      load_before)  # the same with the code of $BEFORE (a `git archive` of an earlier commit: eclip_ray,
+                    # benchmarks/serve_load.py, deployments), for a before/after on one card in one call
+        [[ -d $ROOT/before ]] || { echo "no $ROOT/before" >&2; continue; }
+        step load_before 300 env PYTHONPATH="$ROOT/before" python3 before/benchmarks/serve_load.py \
+          --config before/deployments/example.yaml "${load[@]:2}" --load-factor 2 --duration-s 30 --timeout-s 70 \
+          --out "$W/load_2x_before.json" ;;
       kill) step kill 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 1 --duration-s 30 \
         --kill-actor-at 5 --no-slo-check --out "$W/kill_recovery.json" ;;
+      soak_start:*)  # the soak in its own process session, so that it outlives this call (up to the next)
+        mkdir -p "$SOAK"
+        setsid nohup timeout $(( ${s#soak_start:} + 240 )) python3 benchmarks/serve_soak.py \
+          --config deployments/example.yaml --model resnet50 --duration-s "${s#soak_start:}" --warmup-s 60 \
+          --out "$SOAK/soak.json" > "$SOAK/soak.log" 2>&1 < /dev/null &
+        echo "soak started: pid $!, results in $SOAK" | tee -a "$W/steps.log" ;;
+      soak_wait:*)  # wait up to S s for the soak of soak_start, then bring its files back
+        for _ in $(seq "${s#soak_wait:}"); do
+          pgrep -f benchmarks/serve_soak.py > /dev/null || break
+          sleep 1
+        done
+        if pgrep -f benchmarks/serve_soak.py > /dev/null; then
+          echo "soak still running" | tee -a "$W/steps.log"; tail -3 "$SOAK/soak.log"
+        else
+          cp "$SOAK"/* "$W/" && tail -8 "$W/soak.log"
+        fi ;;
       soak:*) step soak $(( ${s#soak:} + 240 )) python3 benchmarks/serve_soak.py --config deployments/example.yaml \
         --model resnet50 --duration-s "${s#soak:}" --warmup-s 60 --out "$W/soak.json" ;;
       *) echo "unknown step $s" ;;

@@ -58,6 +58,7 @@ def build_app(config: AppConfig | Mapping[str, Any]):
 
     serve = _serve()
     cfg = AppConfig.model_validate(config).resolved()
+    cfg = cfg.model_copy(update={"ingress_replicas": cfg.ingress_count()})  # as counted here, not in each replica
     data = cfg.model_dump(mode="json")
     light = {"num_cpus": 0}  # routing and batching only; the CPUs belong to the GPU actors
     fleet = serve.deployment(
@@ -73,19 +74,24 @@ def build_app(config: AppConfig | Mapping[str, Any]):
             max_ongoing_requests=_model_ongoing(m, cfg),
             max_queued_requests=_model_held(m, cfg),
         ).bind(m.model_dump(mode="json"), cfg.limits.model_dump(mode="json"), fleet)
-    # Serve's proxy queues requests for the ingress without bound unless told: beyond this bound it answers
-    # 503 with Retry-After itself, so that an overloaded HTTP front cannot grow latency without bound either.
-    # The ingress is stateless and, in Ray Serve, the costliest hop per request (profiled on an H200 host: one
-    # replica saturates a core near 150 req/s), so it gets several replicas, which share the bound on requests
-    # in progress.
+    # The ingress holds each model's requests to a limit (admission.py: at most the model's front bound, split
+    # among its replicas, and no more than it gets through within the SLO) and refuses the excess by name before
+    # reading the bodies. Serve's bound on the requests in progress per replica leaves room beside them for those
+    # quick refusals. Serve's proxy holds a few requests while it routes them (Limits.proxy_queue_size: on two
+    # CPU cores, a bound of one refused 7 of 8 simultaneous requests to an idle app, and one as large as the front
+    # bound halved the goodput of a front-bound app at 2x load) and answers the rest 503 with Retry-After at once,
+    # so that no queue in the HTTP front lets latency grow without bound. The ingress is stateless and, in Ray
+    # Serve, the costliest hop per request (profiled on an H200 host: one replica saturates a core near 150 req/s),
+    # so it gets several replicas.
     replicas = cfg.ingress_count()
+    front = sum(m.front_bound() for m in cfg.models)
     ingress = serve.deployment(
         serve.ingress()(Ingress),
         name=INGRESS,
         num_replicas=replicas,
         ray_actor_options=light,
-        max_ongoing_requests=math.ceil(sum(_model_ongoing(m, cfg) for m in cfg.models) / replicas),
-        max_queued_requests=sum(_model_held(m, cfg) for m in cfg.models),  # per caller (the proxy), not replica
+        max_ongoing_requests=math.ceil(2 * front / replicas),
+        max_queued_requests=cfg.limits.proxy_queue_size,  # per caller (the proxy); counts requests being routed
         backpressure_config={"status_code": 503, "retry_after_s": cfg.limits.retry_after_s},
     )
     return ingress.bind(data, models)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     local = "RAY_ADDRESS" not in os.environ
     ray.init(**({"_metrics_export_port": args.metrics_port} if local else {}))
     try:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.start(http_options=cfg.http_options())
         serve.run(build_app(cfg), name=name, route_prefix=entry.get("route_prefix", "/"))
         url = f"http://{cfg.host}:{cfg.port}"
         wait_ready(url, args.ready_timeout_s)

@@ -76,6 +76,13 @@ class ModelConfig(BaseModel):
         ge=1,
         description="Requests of this model waiting for a batch (503 beyond). Default: limits.max_queue_size.",
     )
+    max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Requests of this model the HTTP front holds at once (reading, queued for a batch or running); "
+        "more are refused at once with 503 and Retry-After, before their bodies are read. Default: two waves of "
+        "the batches the model runs at once, 4 x replicas x max_batch_size; the SLO check decides among those.",
+    )
     replicas: int = Field(1, ge=1, description="Number of GPUs that host this model (a hot model gets several).")
     expected_rps: float | None = Field(
         None, gt=0, description="Predicted requests per second, for placing models on GPUs (needs a profile)."
@@ -87,6 +94,10 @@ class ModelConfig(BaseModel):
     @property
     def loader_name(self) -> str:
         return self.loader or self.name
+
+    def front_bound(self) -> int:
+        """``max_ongoing_requests``, or two waves of full batches: two batches run at a time on each replica."""
+        return self.max_ongoing_requests or 4 * self.replicas * self.max_batch_size
 
     def captured_sizes(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else power_of_two_sizes(self.max_batch_size)
@@ -140,6 +151,21 @@ class Limits(BaseModel):
         description="Refuse at once (503) a request of a model with slo_ms that the queue ahead of it would make "
         "late, by the measured run time of its batches.",
     )
+    proxy_queue_size: int = Field(
+        8,
+        ge=1,
+        description="Requests Serve's HTTP proxy holds while it routes them to an ingress replica; more are refused "
+        "at once with 503. A burst of this many simultaneous requests is never refused; a larger bound adds a "
+        "wait in the proxy that no SLO check sees.",
+    )
+    front_slo_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a model's SLO that one request may spend in the ingress (reading, queued, running) "
+        "before the ingress takes fewer of the model's requests at once; the rest is left for Serve's proxy and "
+        "the network, which the ingress cannot see.",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the GPU actor's answer to a batch before 503."
     )
@@ -173,6 +199,13 @@ class AppConfig(BaseModel):
     )
     host: str = Field("127.0.0.1", description="HTTP bind address (eclip-ray serve); 0.0.0.0 exposes it.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (eclip-ray serve).")
+    http_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="End-to-end limit of one HTTP request in Serve's proxy, which answers 408 beyond it (Serve's "
+        "http_options.request_timeout_s). None: twice limits.request_timeout_s plus 5 s, past the longest the "
+        "model deployments wait (for a GPU actor, then for its answer).",
+    )
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead GPU actor.")
     actor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each GPU actor.")
     ingress_replicas: int | None = Field(
@@ -222,6 +255,11 @@ class AppConfig(BaseModel):
             return self.ingress_replicas
         return min(4, max(1, (os.cpu_count() or 1) // 8))
 
+    def http_options(self) -> dict[str, Any]:
+        """Serve's ``http_options`` for this app: where it listens, and its end-to-end request timeout."""
+        timeout = self.http_timeout_s or 2 * self.limits.request_timeout_s + 5.0
+        return {"host": self.host, "port": self.port, "request_timeout_s": timeout}
+
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
 
@@ -254,7 +292,7 @@ IMPORT_PATH = "eclip_ray.serve.api:app_builder"
 
 def load_config(path: str | Path) -> tuple[AppConfig, dict[str, Any]]:
     """Read an app from YAML: a Ray Serve config whose application uses ``eclip_ray.serve.api:app_builder``
-    (its ``args`` are the AppConfig; ``http_options`` set host and port), or a bare AppConfig.
+    (its ``args`` are the AppConfig; ``http_options`` set host, port and request_timeout_s), or a bare AppConfig.
 
     Returns the config and the Serve application entry (name, route_prefix; empty for a bare AppConfig).
     """
@@ -271,4 +309,6 @@ def load_config(path: str | Path) -> tuple[AppConfig, dict[str, Any]]:
     args = dict(apps[0].get("args") or {})
     http = doc.get("http_options") or {}
     args.update({k: http[k] for k in ("host", "port") if k in http})
+    if http.get("request_timeout_s") is not None:
+        args["http_timeout_s"] = http["request_timeout_s"]
     return AppConfig.model_validate(args), dict(apps[0])

@@ -63,6 +63,23 @@ def test_the_example_serve_config_is_an_app_config():
     cfg, app = load_config(EXAMPLE)
     assert [m.name for m in cfg.models] == ["resnet50", "bert-base"]
     assert app["import_path"] == "eclip_ray.serve.api:app_builder" and cfg.host == "127.0.0.1"
+    assert cfg.http_options() == {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 65}
+
+
+def test_the_proxy_timeout_outlasts_the_model_deployments_waits_unless_set():
+    cfg = AppConfig.model_validate({"models": [{"name": "tiny-cnn"}], "limits": {"request_timeout_s": 10}})
+    assert cfg.http_options()["request_timeout_s"] == 25  # a route, then the batch: 2 x 10 s, plus 5 s
+    assert cfg.model_copy(update={"http_timeout_s": 3.0}).http_options()["request_timeout_s"] == 3.0
+    with pytest.raises(ValueError, match="http_timeout_s"):
+        AppConfig.model_validate({"models": [{"name": "tiny-cnn"}], "http_timeout_s": 0})
+
+
+@pytest.mark.parametrize(("bound", "replicas", "batch", "expected"), [(None, 1, 8, 32), (None, 2, 4, 32), (5, 1, 8, 5)])
+def test_the_front_bound_is_two_waves_of_full_batches_unless_set(bound, replicas, batch, expected):
+    m = ModelConfig(name="m", max_ongoing_requests=bound, replicas=replicas, max_batch_size=batch)
+    assert m.front_bound() == expected
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ModelConfig(name="m", max_ongoing_requests=0)
 
 
 def test_a_bare_app_config_file(tmp_path):

@@ -390,3 +390,56 @@ async def test_serve_backpressure_in_front_of_a_model_is_a_503_naming_the_overlo
         r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json() == {"error": "model 'tiny-cnn' is overloaded: too many requests waiting; retry later"}
+
+
+class Gated:
+    """A model deployment that holds every request until ``open`` is set; counts the requests it got."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.calls = 0
+
+    async def infer(self, inputs, received_at=None):
+        from eclip_ray.serve._private.model_deployment import Reply
+
+        self.calls += 1
+        await self.open.wait()
+        return Reply(names=("output0",), outputs=(np.zeros((len(inputs[0]), 10), "<f4"),))
+
+
+@sync
+async def test_the_front_holds_each_model_to_its_bound_and_refuses_the_excess_at_once(app_config):
+    bound = {"max_ongoing_requests": 2}
+    models = [m.model_copy(update=bound) if m.name == "tiny-cnn" else m for m in app_config.models]
+    cfg = app_config.model_copy(update={"models": models, "ingress_replicas": 1})
+    cnn, bert = Gated(), Gated()
+    ingress = Ingress(cfg.model_dump(mode="json"), {"tiny-cnn": Handle(cnn), "tiny-bert": Handle(bert)}, metrics=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(ingress)), base_url="http://test") as c:
+        body = codec.encode_request([("input", IMG[:1])])
+        held = [asyncio.create_task(post(c, "tiny-cnn", *body)) for _ in range(2)]
+        while cnn.calls < 2:
+            await asyncio.sleep(0.01)
+        r = await asyncio.wait_for(post(c, "tiny-cnn", *body), 5)  # at once, though the model answers nothing
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == (
+            "model 'tiny-cnn' is overloaded: 2 of its requests are in progress in this ingress replica, "
+            "as many as it takes at once now (at most 2); retry later"
+        )
+        assert cnn.calls == 2  # the refused request never reached the model
+        ids = np.zeros((1, 16), "<i8")
+        other = asyncio.create_task(post(c, "tiny-bert", *codec.encode_request([("input_ids", ids)])))
+        while bert.calls < 1:  # another model's requests still get in
+            await asyncio.sleep(0.01)
+        cnn.open.set()
+        bert.open.set()
+        assert [(await t).status_code for t in [*held, other]] == [200, 200, 200]
+        assert {n: limit.ongoing for n, limit in ingress.limits.items()} == {"tiny-cnn": 0, "tiny-bert": 0, "broken": 0}
+        assert (await post(c, "tiny-cnn", *body)).status_code == 200  # the bound frees as requests finish
+
+
+def test_each_ingress_replica_takes_its_share_of_the_front_bound(app_config):
+    cfg = app_config.model_copy(update={"ingress_replicas": 3})
+    limits = Ingress(cfg.model_dump(mode="json"), {}, metrics=False).limits
+    # default bound 4 x replicas x max_batch_size, split among 3 ingress replicas, rounded up
+    assert {n: limit.ceiling for n, limit in limits.items()} == {"tiny-cnn": 6, "tiny-bert": 3, "broken": 2}
+    assert {n: limit.target_s for n, limit in limits.items()} == {"tiny-cnn": None, "tiny-bert": 0.25, "broken": None}

@@ -37,6 +37,9 @@ def test_limits_are_on_by_default():
     assert limits.max_request_bytes == 64 << 20 and limits.max_queue_size == 256
     assert limits.reject_over_slo and limits.request_timeout_s == 30 and limits.retry_after_s == 1
     assert ModelConfig(name="m").max_queue_size is None  # the app's bound applies
+    assert ModelConfig(name="m").front_bound() == 32  # requests the HTTP front holds per model
+    assert limits.proxy_queue_size == 8 and limits.front_slo_share == 0.5
+    assert AppConfig(models=[ModelConfig(name="m")]).http_options()["request_timeout_s"] == 65  # no request hangs
 
 
 UNSAFE = re.compile(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from eclip_ray.serve._private import codec
+from eclip_ray.serve._private.admission import FrontLimit
 from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
 from eclip_ray.serve._private.metrics import RayServeMetrics, ServeMetrics
 from eclip_ray.serve._private.model_deployment import Reply
@@ -54,6 +56,14 @@ class Ingress:
         self.models = dict(models)
         self.metrics: ServeMetrics = RayServeMetrics(self.specs) if metrics else ServeMetrics()
         self._output_names: dict[str, tuple[str, ...]] = {}
+        # Each model's requests in progress in this replica, held to its share of the model's front bound and,
+        # for a model with an SLO, to what the front gets through within it (admission.py).
+        replicas = self.cfg.ingress_count()
+        share = self.cfg.limits.front_slo_share
+        self.limits = {
+            m.name: FrontLimit(math.ceil(m.front_bound() / replicas), share * m.slo_ms / 1e3 if m.slo_ms else None)
+            for m in self.cfg.models
+        }
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_app(self)
@@ -86,6 +96,20 @@ class Ingress:
     async def _infer(self, name: str, version: str | None, request: Request) -> Response:
         received_at = time.time()  # wall clock: the model's deployment compares it in another process
         model = self.spec(name, version)
+        limit = self.limits[name]
+        if not limit.admit():  # refused before its body is read: cheap, and at once
+            raise unavailable(
+                f"model {name!r} is overloaded: {limit.ongoing} of its requests are in progress in this ingress "
+                f"replica, as many as it takes at once now (at most {limit.ceiling}); retry later",
+                self.cfg.limits.retry_after_s,
+            )
+        t0 = time.perf_counter()
+        try:
+            return await self._admitted(name, model, request, received_at)
+        finally:
+            limit.done(time.perf_counter() - t0)
+
+    async def _admitted(self, name: str, model: ModelConfig, request: Request, received_at: float) -> Response:
         body = await self._body(request)
         decoded = codec.decode_request(body, codec.header_length(request.headers.get(codec.HEADER)))
         arrays, _ = check_inputs(model, decoded)
