@@ -205,14 +205,21 @@ steps() {
           step "ingress_$r" 200 python3 benchmarks/serve_load.py "${load[@]}" --ingress-replicas "$r" \
             --load-factor 1 --duration-s 3 --no-slo-check --out "$W/ingress_$r.json"
         done ;;
-      load) step load 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 2 --duration-s 30 \
-        --out "$W/load_2x.json" ;;
-      load_before)  # the same with the code of $BEFORE (a `git archive` of an earlier commit: eclip_ray,
-                    # benchmarks/serve_load.py, deployments), for a before/after on one card in one call
-        [[ -d $ROOT/before ]] || { echo "no $ROOT/before" >&2; continue; }
-        step load_before 300 env PYTHONPATH="$ROOT/before" python3 before/benchmarks/serve_load.py \
-          --config before/deployments/example.yaml "${load[@]:2}" --load-factor 2 --duration-s 30 --timeout-s 70 \
-          --out "$W/load_2x_before.json" ;;
+      load|load:*)  # 2x the capacity the closed loop measures, or 2x CAP req/s with load:CAP
+        tag=${s#load}; tag=${tag#:}
+        step "load$tag" 300 python3 benchmarks/serve_load.py "${load[@]}" ${tag:+--capacity-rps "$tag"} \
+          --load-factor 2 --duration-s 30 --out "$W/load_2x${tag:+_$tag}.json" ;;
+      load_before|load_before:*)  # the same with the code in ./before (a `git archive` of an earlier commit:
+        # eclip_ray, benchmarks/serve_load.py, deployments), for a before/after on one card in one call. The
+        # project is installed editable, so its eclip_ray folder is swapped for the earlier one while it runs
+        # (PYTHONPATH does not reach Ray's workers).
+        [[ -d $ROOT/before/eclip_ray ]] || { echo "no $ROOT/before" >&2; continue; }
+        tag=${s#load_before}; tag=${tag#:}
+        mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
+        step "load_before$tag" 300 python3 before/benchmarks/serve_load.py --config before/deployments/example.yaml \
+          "${load[@]:2}" ${tag:+--capacity-rps "$tag"} --load-factor 2 --duration-s 30 --timeout-s 70 \
+          --out "$W/load_2x_before${tag:+_$tag}.json"
+        rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray" ;;
       kill) step kill 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 1 --duration-s 30 \
         --kill-actor-at 5 --no-slo-check --out "$W/kill_recovery.json" ;;
       soak_start:*)  # the soak in its own process session, so that it outlives this call (up to the next)
