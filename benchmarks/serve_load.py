@@ -491,6 +491,20 @@ def verdict(result: Mapping[str, Any], check_slo: bool = True) -> list[str]:
     return problems
 
 
+def add_timeout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        help="client timeout: a request unanswered by then is lost (default: 5 s past the proxy's request timeout)",
+    )
+
+
+def client_timeout_s(config: AppConfig, given: float | None) -> float:
+    """``given``, or 5 s past the proxy's request timeout: a request the server gives up on is then counted as
+    its 408, not as lost."""
+    return given or config.http_options()["request_timeout_s"] + 5.0
+
+
 def config_of(path: Path | None, preset: str) -> AppConfig:
     if path is None:
         return AppConfig.model_validate(PRESETS[preset]).resolved()
@@ -515,11 +529,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-factor", type=float, default=2.0, help="open-loop rate as a multiple of the capacity")
     p.add_argument("--duration-s", type=float, default=10.0, help="length of the open loop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--timeout-s",
-        type=float,
-        help="client timeout: a request unanswered by then is lost (default: 5 s past the proxy's request timeout)",
-    )
+    add_timeout_argument(p)
     p.add_argument("--kill-actor-at", type=float, dest="kill_actor_at_s", help="kill the GPU actor S s into the loop")
     p.add_argument("--kill-gpu", type=int, default=0, help="which GPU actor --kill-actor-at kills")
     p.add_argument("--no-slo-check", action="store_true", help="do not fail the run for an accepted p99 over the SLO")
@@ -536,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings(
         **{k: getattr(args, k) for k in ("model", "rows", "concurrency", "capacity_s", "load_factor", "duration_s")},
         seed=args.seed,
-        timeout_s=args.timeout_s or config.http_options()["request_timeout_s"] + 5.0,
+        timeout_s=client_timeout_s(config, args.timeout_s),
         kill_actor_at_s=args.kill_actor_at_s,
         kill_gpu=args.kill_gpu,
         capacity_rps=args.capacity_rps,

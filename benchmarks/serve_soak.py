@@ -153,11 +153,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=5.0, help="sampling period")
     p.add_argument("--max-slope-mb-per-min", type=float, default=1.0, help="fail above this growth of any process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--timeout-s",
-        type=float,
-        help="client timeout: a request unanswered by then is lost (default: 5 s past the proxy's request timeout)",
-    )
+    serve_load.add_timeout_argument(p)
     p.add_argument("--out", type=Path, help="write the result JSON here")
     return p.parse_args(argv)
 
@@ -166,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = serve_load.config_of(args.config, args.preset)
     model = args.model or config.models[0].name
-    args.timeout_s = args.timeout_s or config.http_options()["request_timeout_s"] + 5.0
+    args.timeout_s = serve_load.client_timeout_s(config, args.timeout_s)
     doc = serve_load.header(sys.argv if argv is None else ["serve_soak.py", *argv], config, model)
     with serve_load.local_app(config.model_dump(mode="json"), args.num_cpus) as url:
         target = serve_load.target_for(url, config.model(model), seed=args.seed)

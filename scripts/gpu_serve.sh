@@ -192,6 +192,7 @@ steps() {
     git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "no git"
   } >> "$W/versions.txt" 2>&1
   local load=(--config deployments/example.yaml --model resnet50 --concurrency 16 --capacity-s 8)
+  local soak=(python3 benchmarks/serve_soak.py --config deployments/example.yaml --model resnet50 --warmup-s 60)
   cd "$ROOT"
   for s in "$@"; do
     case $s in
@@ -224,8 +225,7 @@ steps() {
         --kill-actor-at 5 --no-slo-check --out "$W/kill_recovery.json" ;;
       soak_start:*)  # the soak in its own process session, so that it outlives this call (up to the next)
         mkdir -p "$SOAK"
-        setsid nohup timeout $(( ${s#soak_start:} + 240 )) python3 benchmarks/serve_soak.py \
-          --config deployments/example.yaml --model resnet50 --duration-s "${s#soak_start:}" --warmup-s 60 \
+        setsid nohup timeout $(( ${s#soak_start:} + 240 )) "${soak[@]}" --duration-s "${s#soak_start:}" \
           --out "$SOAK/soak.json" > "$SOAK/soak.log" 2>&1 < /dev/null &
         echo "soak started: pid $!, results in $SOAK" | tee -a "$W/steps.log" ;;
       soak_wait:*)  # wait up to S s for the soak of soak_start, then bring its files back
@@ -238,8 +238,7 @@ steps() {
         else
           cp "$SOAK"/* "$W/" && tail -8 "$W/soak.log"
         fi ;;
-      soak:*) step soak $(( ${s#soak:} + 240 )) python3 benchmarks/serve_soak.py --config deployments/example.yaml \
-        --model resnet50 --duration-s "${s#soak:}" --warmup-s 60 --out "$W/soak.json" ;;
+      soak:*) step soak $(( ${s#soak:} + 240 )) "${soak[@]}" --duration-s "${s#soak:}" --out "$W/soak.json" ;;
       *) echo "unknown step $s" ;;
     esac
   done

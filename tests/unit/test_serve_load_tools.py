@@ -72,3 +72,10 @@ def test_growth_fits_a_line_after_the_warmup():
     _, problems = serve_soak.report({"GpuWorker pid 1": leaking}, warmup_s=60, max_slope=0.25)
     assert problems == ["GpuWorker pid 1 grows 0.50 MB/min (limit 0.25)"]
     assert serve_soak.growth(flat[:13], warmup_s=60) is None  # too few samples after the warm-up
+
+
+def test_the_client_outwaits_the_proxy_unless_told():
+    config = serve_load.config_of(None, "resnet18")  # limits.request_timeout_s 10: the proxy gives up at 25 s
+    assert serve_load.client_timeout_s(config, None) == 30.0
+    assert serve_load.client_timeout_s(config, 3.0) == 3.0
+    assert serve_soak.parse_args([]).timeout_s is None and serve_load.parse_args(["--timeout-s", "7"]).timeout_s == 7
