@@ -209,3 +209,49 @@ def from_dict(g: DeviceGeometry, data: dict) -> Layout:
     except (KeyError, TypeError, ValueError) as e:
         raise LayoutError(f"malformed layout: {e!r}") from e
     return Layout(g, parts)
+
+
+def span_name(start: int, count: int) -> str:
+    """The name of the partition of SM slots ``[start, start + count)`` in layouts made by :func:`arrange`."""
+    return f"s{start}.{count}"
+
+
+def arrange(g: DeviceGeometry, sizes: Sequence[int | None]) -> tuple[PartitionSpec | None, ...]:
+    """Partitions for a list of per-model sizes: the shared plans of fixed and candidate layouts.
+
+    ``None`` is the whole GPU (shared by every model given ``None``); each integer
+    is a range of that many SM slots, laid side by side from slot 0 in the order
+    given, so the confined models are disjoint from each other, and ``-1`` (last
+    only) takes every slot left. A model on the whole GPU beside confined ones is
+    a *nested* plan: it shares the confined models' SMs and has the rest to itself.
+    Partitions are named ``s{start}.{count}`` (:func:`span_name`).
+    """
+    out: list[PartitionSpec | None] = []
+    start = 0
+    ints = [i for i, s in enumerate(sizes) if s is not None]
+    for i, s in enumerate(sizes):
+        if s is None:
+            out.append(None)
+            continue
+        if s == -1:
+            if i != ints[-1]:
+                raise LayoutError("only the last confined model may take the rest (-1)")
+            s = g.sm_count - start
+        out.append(PartitionSpec(span_name(start, s), start, s, None))
+        start += s
+    validate(g, [p for p in out if p is not None], disjoint=True)
+    return tuple(out)
+
+
+def union(g: DeviceGeometry, *groups: Iterable[PartitionSpec | None]) -> Layout:
+    """One layout holding every partition of ``groups`` (the same name twice must be the same range) and ``whole``."""
+    parts: dict[str, PartitionSpec] = {}
+    for group in groups:
+        for p in group:
+            if p is None:
+                continue
+            if p.name in parts and parts[p.name] != p:
+                raise LayoutError(f"partition {p.name!r} is given as two different ranges: {parts[p.name]} and {p}")
+            parts.setdefault(p.name, p)
+    parts.setdefault(WHOLE, whole(g))
+    return Layout(g, tuple(parts.values()))

@@ -94,3 +94,19 @@ def test_bad_ladder_arguments():
         ladder(H100, 0)
     with pytest.raises(LayoutError):
         ladder(H100, 2, (1.5,))
+
+
+def test_arrange_lays_confined_models_side_by_side_and_shares_whole():
+    from eclip_ray.partition.layout import arrange, union
+
+    g = DeviceGeometry(sm_count=132)
+    nested = arrange(g, [None, 112])
+    assert nested[0] is None and (nested[1].start, nested[1].count, nested[1].name) == (0, 112, "s0.112")
+    split = arrange(g, [16, -1])
+    assert [(p.start, p.count) for p in split] == [(0, 16), (16, 116)]
+    layout = union(g, nested, split)
+    assert layout.names == ["s0.112", "s0.16", "s16.116", "whole"]
+    with pytest.raises(LayoutError):
+        arrange(g, [96, 64])  # 160 SMs on a 132-SM device
+    with pytest.raises(LayoutError):
+        arrange(g, [-1, 16])
