@@ -6,8 +6,8 @@ actor of the serving layer owns one of these.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from eclip_ray.models.zoo import ZooModel
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition import Layout, StreamPool, open_backend
 from eclip_ray.partition.layout import DeviceGeometry, ladder
+
+if TYPE_CHECKING:
+    from eclip_ray.actor.spec import Normalize
 
 
 def _meter(backend_name: str, device_index: int, required: bool) -> EnergyMeter:
@@ -61,17 +64,24 @@ class Runtime:
             raise
         self.runners: dict[str, ModelRunner] = {}
 
-    def load(self, name: str, model: ZooModel | str | None = None, dtype: torch.dtype | None = None) -> ModelRunner:
-        """Build a zoo model (or ``model``) and place it on this device under ``name``."""
+    def load(
+        self,
+        name: str,
+        model: ZooModel | str | None = None,
+        dtype: torch.dtype | None = None,
+        normalize: Sequence[Normalize | None] = (),
+    ) -> ModelRunner:
+        """Build a zoo model (or ``model``) and place it on this device under ``name``; ``normalize`` (per input)
+        takes uint8 images for float inputs (``ModelRunner``)."""
         if name in self.runners:
             raise ValueError(f"a model named {name!r} is already loaded")
         spec = model if isinstance(model, ZooModel) else zoo_get(model or name)
         if spec.kind == "onnx":  # onnxruntime runs it on the CPU backend, the converted module on a GPU
             from eclip_ray.graph.onnx_runner import runner_for
 
-            runner = runner_for(name, spec.meta["onnx"], self.pool, dtype=dtype)
+            runner = runner_for(name, spec.meta["onnx"], self.pool, dtype=dtype, normalize=normalize)
         else:
-            runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype)
+            runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype, normalize=normalize)
         self.runners[name] = runner
         return runner
 

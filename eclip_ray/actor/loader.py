@@ -1,12 +1,12 @@
-"""Turning a served model's ``loader`` into a buildable zoo entry.
+"""Turning a model's ``loader`` into a buildable zoo entry, checked against what the app allows.
 
-A loader is a zoo name (``resnet50``, ``transformers:RobertaConfig``, ...), a
-``module:factory`` import path of the user's own ``nn.Module`` factory, or
-``onnx:<path>`` of a ``.onnx`` file. Import paths are honoured only for modules
-under ``allowed_modules``, ONNX files only under ``allowed_model_dirs`` (after
-resolving symlinks): a config is not a way to run arbitrary code or read
-arbitrary files. Weights are built under a fixed seed so that
-replicas of a random-weight model on several GPUs answer alike.
+A loader is a zoo name, a ``module:factory`` import path or ``onnx:<path>``
+(``eclip_ray/models/sources.py`` says which and checks it against
+``allowed_modules`` and ``allowed_model_dirs``, here again whatever the config
+said). Weights are built under a fixed seed so that replicas of a random-weight
+model on several GPUs answer alike. The entry describes the model as built: an
+input that arrives as UINT8 with ``normalize`` is still the model's float input
+here; the runner normalises it on the device (``eclip_ray/graph/runner.py``).
 """
 
 from __future__ import annotations
@@ -14,39 +14,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from eclip_ray.actor.spec import ServedModel, TensorInfo, torch_dtype
+from eclip_ray.actor.spec import ModelConfig, TensorSpec, torch_dtype
+from eclip_ray.models.sources import check_allowed, check_onnx_allowed, is_import_path, is_onnx
 from eclip_ray.models.zoo import ZooModel
 
 SEED = 0
-ONNX_PREFIX = "onnx:"
 
-
-def is_import_path(loader: str) -> bool:
-    # "transformers:BertConfig" is the zoo's own syntax, and "onnx:<path>" a file, not import paths.
-    return ":" in loader and not loader.startswith(("transformers:", ONNX_PREFIX))
-
-
-def is_onnx(loader: str) -> bool:
-    return loader.startswith(ONNX_PREFIX)
-
-
-def check_onnx_allowed(loader: str, allowed_dirs: Sequence[str]) -> Path:
-    """The resolved ``.onnx`` file of an ``onnx:<path>`` loader; ValueError unless it lies under ``allowed_dirs``."""
-    from eclip_ray.models.onnx import allowed_path
-
-    path = loader[len(ONNX_PREFIX) :]
-    if not path:
-        raise ValueError(f"loader {loader!r}: give the model file, as onnx:/path/to/model.onnx")
-    try:
-        return allowed_path(path, allowed_dirs)
-    except ValueError as e:
-        raise ValueError(f"loader {loader!r}: {e} (allowed_model_dirs: {list(allowed_dirs)})") from None
+__all__ = ["SEED", "check_allowed", "check_onnx_allowed", "is_import_path", "is_onnx", "zoo_entry", "zoo_inputs"]
 
 
 def onnx_entry(
-    loader: str, allowed_dirs: Sequence[str], name: str | None = None, inputs: Sequence[TensorInfo] = ()
+    loader: str, allowed_dirs: Sequence[str], name: str | None = None, inputs: Sequence[TensorSpec] = ()
 ) -> ZooModel:
     """The zoo entry of an ``onnx:<path>`` loader; ``inputs`` (declared specs) fix symbolic dimensions."""
     from eclip_ray.models import onnx as onnx_models
@@ -54,16 +33,6 @@ def onnx_entry(
     path = check_onnx_allowed(loader, allowed_dirs)
     shapes = {t.name: t.shape for t in inputs if t.shape is not None}
     return onnx_models.zoo_entry(path, allowed_dirs, name=name, input_shapes=shapes)
-
-
-def check_allowed(loader: str, allowed_modules: Sequence[str]) -> None:
-    """Raise ValueError unless ``loader``'s module lies under one of ``allowed_modules``."""
-    module = loader.split(":", 1)[0]
-    if not any(module == m or module.startswith(m + ".") for m in allowed_modules):
-        raise ValueError(
-            f"loader {loader!r}: module {module!r} is not under allowed_modules {list(allowed_modules)}; "
-            "add it there to load your own model factory"
-        )
 
 
 def _import_factory(loader: str, allowed_modules: Sequence[str]) -> Callable:
@@ -90,7 +59,7 @@ def _seeded(build: Callable, seed: int) -> Callable:
     return seeded_build
 
 
-def _inputs_from_specs(inputs: Sequence[TensorInfo]) -> Callable:
+def _inputs_from_specs(inputs: Sequence[TensorSpec]) -> Callable:
     def make_inputs(batch: int):
         import torch
 
@@ -107,35 +76,37 @@ def _inputs_from_specs(inputs: Sequence[TensorInfo]) -> Callable:
 
 
 def zoo_entry(
-    model: ServedModel, allowed_modules: Sequence[str] = (), seed: int = SEED, allowed_model_dirs: Sequence[str] = ()
+    model: ModelConfig, allowed_modules: Sequence[str] = (), seed: int = SEED, allowed_model_dirs: Sequence[str] = ()
 ) -> ZooModel:
     """The zoo entry the runtime builds ``model`` from, with seeded weights."""
-    if is_onnx(model.loader):
-        spec = onnx_entry(model.loader, allowed_model_dirs, model.name, model.inputs)
-    elif is_import_path(model.loader):
-        factory = _import_factory(model.loader, allowed_modules)
+    loader = model.loader_name
+    inputs = model.inputs or ()
+    if is_onnx(loader):
+        spec = onnx_entry(loader, allowed_model_dirs, model.name, inputs)
+    elif is_import_path(loader):
+        factory = _import_factory(loader, allowed_modules)
         spec = ZooModel(
             name=model.name,
             build=factory,
-            make_inputs=_inputs_from_specs(model.inputs),
+            make_inputs=_inputs_from_specs([TensorSpec(t.name, "FP32", t.shape) if t.normalize else t for t in inputs]),
             kind="custom",
-            input_names=tuple(t.name for t in model.inputs),
-            input_shapes=tuple(t.shape for t in model.inputs),
-            input_dtypes=tuple(t.datatype for t in model.inputs),
+            input_names=tuple(t.name for t in inputs),
+            input_shapes=tuple(t.shape for t in inputs),
+            input_dtypes=tuple("FP32" if t.normalize else t.datatype for t in inputs),
         )
     else:
         from eclip_ray.models.zoo import get
 
-        spec = get(model.loader)
+        spec = get(loader)
     return dataclasses.replace(spec, build=_seeded(spec.build, seed))
 
 
-def zoo_inputs(loader: str) -> tuple[TensorInfo, ...]:
+def zoo_inputs(loader: str) -> tuple[TensorSpec, ...]:
     """The input specs of a zoo model (no weights are built)."""
     from eclip_ray.models.zoo import get
 
     spec = get(loader)
     return tuple(
-        TensorInfo(n, d, tuple(s))
+        TensorSpec(n, d, tuple(s))
         for n, s, d in zip(spec.input_names, spec.input_shapes, spec.input_dtypes, strict=True)
     )

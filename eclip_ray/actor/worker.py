@@ -6,10 +6,16 @@ everything that can fail at start (the pool, each model, each plan) fails in
 the request path. A model that fails to load is reported, not fatal: the other
 models of the GPU keep serving.
 
-``infer`` never blocks the event loop on the device: on a GPU it issues the
-replay (non-blocking) and polls the request's CUDA event with asyncio sleeps;
-on the CPU backend the eager run goes to a thread. Several models (and several
-batches of one model, which queue on the runner's stream) are in flight at once.
+``infer`` takes a batch as its requests' arrays (the front does not join
+them: the runner copies them once, into pinned memory) and never blocks the
+event loop on the device: on a GPU it issues the replay (non-blocking) and polls
+the request's CUDA event with asyncio sleeps; on the CPU backend the eager run
+goes to a thread. Several models are in flight at once; of one model, at most
+two batches, and those that arrive meanwhile are merged into the next
+(``coalesce.py``), so batches stay large however the requests were spread over
+the front's replicas. At start each model's run time alone at its smallest
+batch size is measured (``ready()["models"][m]["solo_ms"]``): the front reports
+an SLO that the model misses even alone.
 
 A device error during a batch (a CUDA or driver call failing) fails that batch
 with ``DeviceFault``, naming the GPU, the model and the call, and the actor goes
@@ -20,22 +26,24 @@ later turns energy off, with the reason in ``stats()``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from eclip_ray.actor.coalesce import Coalescer
 from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
-from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelUnavailable, ServedModel, TensorInfo, torch_dtype
+from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelConfig, ModelUnavailable, TensorSpec, torch_dtype
 from eclip_ray.energy import UnavailableMeter
 from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
 from eclip_ray.graph.plan import Plan
@@ -47,30 +55,33 @@ from eclip_ray.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _ENERGY_WINDOW = "eclip_ray.actor"
+SOLO_RUNS = 3  # timed runs (after one warm-up) of each model alone at start, for the front's SLO check
+RUNNING_PER_MODEL = 2  # batches of one model on the device at once: one running, the next queued behind it
 
 
 @dataclass
 class _Served:
     """A loaded model and its counters."""
 
-    spec: ServedModel
+    spec: ModelConfig
     runner: ModelRunner
-    outputs: tuple[TensorInfo, ...]
-    in_dtypes: tuple[torch.dtype, ...]
+    outputs: tuple[TensorSpec, ...]
     out_dtypes: tuple[torch.dtype, ...]
     copy_stream: torch.cuda.Stream | None = None
+    solo_ms: float | None = None  # median run of the smallest captured batch size, alone, at start
     inferences: int = 0
     batches: int = 0
     seconds: float = 0.0
     joules_per_inference: float | None = None
+    by_rows: dict[int, list[float]] = field(default_factory=dict)  # rows -> [batches, seconds]
 
-    def tensors(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, ...]:
-        if len(arrays) != len(self.in_dtypes):
-            raise ValueError(f"{self.spec.name!r} takes {len(self.in_dtypes)} inputs, got {len(arrays)}")
-        if self.runner.on_gpu:  # the runner copies (and casts) them into its static buffers on the device
-            return tuple(_read_only_view(a) for a in arrays)
-        # Eager user code may write to its inputs; arrays from Ray are read-only object-store views.
-        return tuple(torch.from_numpy(np.array(a)).to(dt) for a, dt in zip(arrays, self.in_dtypes, strict=True))
+    def tensors(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
+        """Per input, its part of each request: views, not copies (the runner joins and copies them once)."""
+        n = len(self.runner.input_dtypes)
+        for r in requests:
+            if len(r) != n:
+                raise ValueError(f"{self.spec.name!r} takes {n} inputs, got {len(r)}")
+        return [[_read_only_view(r[i]) for r in requests] for i in range(n)]
 
     def arrays(self, outputs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
         if self.copy_stream is None:
@@ -93,7 +104,7 @@ class GpuWorker:
 
     def __init__(
         self,
-        models: Sequence[ServedModel],
+        models: Sequence[ModelConfig],
         backend: str = "auto",
         gpu: int = 0,
         device_index: int = 0,
@@ -115,8 +126,9 @@ class GpuWorker:
         table = self._open_table(plan_table)
         self.runtime = self._runtime(backend, table, max(1, len(models)), device_index)
         self._sm = {name: self.runtime.pool.sm_count(name) for name in self.runtime.pool.names}
-        self.selector = PlanSelector(table, {m.name: m.batch_sizes for m in models}, active_window_s)
+        self.selector = PlanSelector(table, {m.name: m.captured_sizes() for m in models}, active_window_s)
         self.models: dict[str, _Served] = {}
+        self._coalescers: dict[str, Coalescer] = {}
         self.failed: dict[str, str] = {}
         self.plan_errors: list[str] = []
         self.device_faults = 0
@@ -162,6 +174,10 @@ class GpuWorker:
             try:
                 self.models[name] = self._load(spec)
                 prepared[name] = self._prepare(self.models[name], candidates[name])
+                self.models[name].solo_ms = _solo_ms(self.models[name])
+                self._coalescers[name] = Coalescer(
+                    functools.partial(self._run_batch, name), max(spec.captured_sizes()), RUNNING_PER_MODEL
+                )
             except Exception as e:
                 self.models.pop(name, None)
                 runner = self.runtime.runners.pop(name, None)
@@ -171,9 +187,14 @@ class GpuWorker:
                 log.exception("model %s failed to load on GPU %d", name, self.gpu)
         self.selector.prepare(prepared)
 
-    def _load(self, spec: ServedModel) -> _Served:
+    def _load(self, spec: ModelConfig) -> _Served:
         entry = zoo_entry(spec, self.allowed_modules, allowed_model_dirs=self.allowed_model_dirs)
-        runner = self.runtime.load(spec.name, entry)
+        if spec.inputs is not None and len(spec.inputs) != len(entry.input_names):
+            raise ValueError(
+                f"{spec.name!r} is declared with {len(spec.inputs)} inputs; the model takes {len(entry.input_names)}"
+            )
+        normalize = [t.normalize for t in spec.inputs or ()]
+        runner = self.runtime.load(spec.name, entry, normalize=normalize)
         example = runner.example_inputs(1)
         _check_inputs(spec, example)
         outputs = _output_infos(spec, runner.eager(example, WHOLE_PLAN))
@@ -181,7 +202,6 @@ class GpuWorker:
             spec=spec,
             runner=runner,
             outputs=outputs,
-            in_dtypes=tuple(t.dtype for t in example),
             out_dtypes=tuple(torch_dtype(o.datatype) for o in outputs),
             copy_stream=torch.cuda.Stream(runner.device) if runner.on_gpu else None,
         )
@@ -193,7 +213,7 @@ class GpuWorker:
             try:
                 served.runner.validate(plan)
                 if served.runner.on_gpu:
-                    for size in served.spec.batch_sizes:
+                    for size in served.spec.captured_sizes():
                         served.runner.capture(plan, size)
             except PlanError as e:
                 if plan == WHOLE_PLAN:
@@ -221,13 +241,21 @@ class GpuWorker:
                 self._labels[m] = text
         return plan
 
-    async def infer(self, model: str, inputs: Sequence[np.ndarray]) -> BatchResult:
-        """Run one batch of ``model`` (arrays in the model's input order) and return its outputs."""
+    async def infer(self, model: str, *requests: Sequence[np.ndarray]) -> BatchResult:
+        """Run ``requests`` of ``model`` (each its arrays in the model's input order) as one batch, or joined to
+        other callers' batches waiting for the device; the result has their rows, in order."""
+        self._served(model)
+        if not requests:
+            raise ValueError("infer needs at least one request")
+        rows = sum(int(r[0].shape[0]) for r in requests)
+        return await self._coalescers[model].submit(requests, rows)
+
+    async def _run_batch(self, model: str, requests: list[Sequence[np.ndarray]]) -> BatchResult:
         served = self._served(model)
-        rows = int(inputs[0].shape[0])
+        rows = sum(int(r[0].shape[0]) for r in requests)
         self._ensure_energy_loop()
         plan = self._plan_for(model, rows)
-        tensors = served.tensors(inputs)
+        tensors = served.tensors(requests)
         t0 = time.perf_counter()
         try:
             outputs = await _run(served, tensors, plan)
@@ -237,8 +265,10 @@ class GpuWorker:
         served.inferences += rows
         served.batches += 1
         served.seconds += seconds
+        count = served.by_rows.setdefault(rows, [0, 0.0])
+        count[0], count[1] = count[0] + 1, count[1] + seconds
         self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
-        return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan))
+        return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan), rows)
 
     def _device_fault(self, model: str, e: Exception) -> DeviceFault:
         self.device_faults += 1
@@ -307,8 +337,10 @@ class GpuWorker:
             out[name] = {
                 "ready": served is not None,
                 "error": self.failed.get(name),
-                "inputs": [t.metadata() for t in spec.inputs],
+                "inputs": [t.metadata() for t in spec.inputs or ()],
                 "outputs": [t.metadata() for t in served.outputs] if served else [],
+                "solo_ms": served.solo_ms if served else None,
+                "solo_rows": min(spec.captured_sizes()),
             }
         return {"gpu": self.gpu, "models": out}
 
@@ -322,6 +354,9 @@ class GpuWorker:
                 "busy_s": round(s.seconds, 6),
                 "plan": label(plans[name]),
                 "joules_per_inference": s.joules_per_inference,
+                "solo_ms": s.solo_ms,
+                "merged": self._coalescers[name].merged,
+                "by_rows": {str(r): {"batches": n, "seconds": round(t, 6)} for r, (n, t) in sorted(s.by_rows.items())},
             }
             for name, s in self.models.items()
         }
@@ -378,7 +413,19 @@ def _read_only_view(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
-async def _run(served: _Served, tensors: tuple[torch.Tensor, ...], plan: Plan) -> tuple[np.ndarray, ...]:
+def _solo_ms(served: _Served) -> float:
+    """The median wall time (ms) of the model alone at its smallest captured batch size, host to host."""
+    rows = min(served.spec.captured_sizes())
+    example = [[t.cpu()] for t in served.runner.example_inputs(rows)]
+    runs = []
+    for _ in range(1 + SOLO_RUNS):
+        t0 = time.perf_counter()
+        served.arrays(served.runner.run(example, WHOLE_PLAN))
+        runs.append(1e3 * (time.perf_counter() - t0))
+    return round(float(np.median(runs[1:])), 3)
+
+
+async def _run(served: _Served, tensors: Sequence[Sequence[torch.Tensor]], plan: Plan) -> tuple[np.ndarray, ...]:
     if served.runner.on_gpu:
         pending = served.runner.submit(tensors, plan)
         await _until_done(pending)
@@ -394,10 +441,11 @@ async def _until_done(pending: Pending, first_s: float = 5e-5, max_s: float = 1e
         delay = min(2 * delay, max_s)
 
 
-def _check_inputs(spec: ServedModel, example: Sequence[torch.Tensor]) -> None:
-    if len(example) != len(spec.inputs):
-        raise ValueError(f"{spec.name!r} is declared with {len(spec.inputs)} inputs; the model takes {len(example)}")
-    for info, t in zip(spec.inputs, example, strict=True):
+def _check_inputs(spec: ModelConfig, example: Sequence[torch.Tensor]) -> None:
+    inputs = spec.inputs or ()
+    if len(example) != len(inputs):
+        raise ValueError(f"{spec.name!r} is declared with {len(inputs)} inputs; the model takes {len(example)}")
+    for info, t in zip(inputs, example, strict=True):
         if tuple(t.shape[1:]) != info.shape:
             raise ValueError(
                 f"{spec.name!r}: input {info.name!r} is declared with shape {list(info.shape)}; "
@@ -416,11 +464,11 @@ def _default_datatype(t: torch.Tensor) -> str:
     return "FP32" if t.is_floating_point() else "INT64"
 
 
-def _output_infos(spec: ServedModel, outputs: Sequence[torch.Tensor]) -> tuple[TensorInfo, ...]:
+def _output_infos(spec: ModelConfig, outputs: Sequence[torch.Tensor]) -> tuple[TensorSpec, ...]:
     if any(o.dim() == 0 or o.shape[0] != 1 for o in outputs):
         raise ValueError(f"{spec.name!r}: every output must keep the batch dimension first")
     if spec.outputs is None:
-        return tuple(TensorInfo(f"output{i}", _default_datatype(o), tuple(o.shape[1:])) for i, o in enumerate(outputs))
+        return tuple(TensorSpec(f"output{i}", _default_datatype(o), tuple(o.shape[1:])) for i, o in enumerate(outputs))
     if len(spec.outputs) != len(outputs):
         raise ValueError(
             f"{spec.name!r} is declared with {len(spec.outputs)} outputs; the model returns {len(outputs)}"
@@ -432,5 +480,5 @@ def _output_infos(spec: ServedModel, outputs: Sequence[torch.Tensor]) -> tuple[T
                 f"{spec.name!r}: output {info.name!r} is declared with shape {list(info.shape)}; "
                 f"the model returns {list(o.shape[1:])}"
             )
-        infos.append(TensorInfo(info.name, info.datatype, tuple(o.shape[1:])))
+        infos.append(TensorSpec(info.name, info.datatype, tuple(o.shape[1:])))
     return tuple(infos)

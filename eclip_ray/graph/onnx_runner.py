@@ -10,14 +10,19 @@ on the CPU backend (no partitions) is all a plan could mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from eclip_ray.graph.plan import Plan
+from eclip_ray.graph.prologue import HostInput, Prologue
 from eclip_ray.graph.runner import ModelRunner, Pending, check_plan
 from eclip_ray.graph.stages import CutPoint, trace_calls
 from eclip_ray.models.onnx import OnnxModel
 from eclip_ray.partition.pool import StreamPool
+
+if TYPE_CHECKING:
+    from eclip_ray.actor.spec import Normalize
 
 
 class OrtRunner:
@@ -26,17 +31,29 @@ class OrtRunner:
     on_gpu = False
     dtype = torch.float32
 
-    def __init__(self, name: str, model: OnnxModel, pool: StreamPool, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: OnnxModel,
+        pool: StreamPool,
+        threads: int | None = None,
+        normalize: Sequence[Normalize | None] = (),
+    ) -> None:
         if pool.device.type != "cpu":
             raise ValueError(f"{name!r}: onnxruntime runs ONNX models on the cpu backend; on a GPU use runner_for()")
         self.name, self.model, self.pool, self.device = name, model, pool, pool.device
         module = model.to_module(verify=False)  # only for its cut points; onnxruntime runs the requests
+        self.prologue = Prologue(name, model.make_inputs, self.device, self.dtype, normalize)
         self.calls: list[CutPoint] = trace_calls(module, model.make_inputs(model.batch_size or 1))
         self._session = model.session(threads)
 
+    @property
+    def input_dtypes(self) -> tuple[torch.dtype, ...]:
+        return self.prologue.input_dtypes
+
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Random inputs of ``batch_size``, as the graph declares them."""
-        return self.model.make_inputs(batch_size)
+        """Random inputs of ``batch_size``, as requests bring them (uint8 for inputs it normalises)."""
+        return self.prologue.example(batch_size)
 
     def validate(self, plan: Plan) -> None:
         """Raise PlanError unless every cut point and partition of ``plan`` exists."""
@@ -45,13 +62,14 @@ class OrtRunner:
     def eager(self, inputs: Sequence[torch.Tensor], plan: Plan) -> tuple[torch.Tensor, ...]:
         """Run one request (onnxruntime's session is thread-safe, so no lock)."""
         self.validate(plan)
-        return self.model.reference(inputs, self._session)
+        return self.model.reference(self.prologue(inputs), self._session)
 
-    def submit(self, inputs: Sequence[torch.Tensor], plan: Plan) -> Pending:
-        """Run one request; the Pending is already finished."""
-        return Pending(self.eager(inputs, plan), None, int(inputs[0].shape[0]))
+    def submit(self, inputs: Sequence[HostInput], plan: Plan) -> Pending:
+        """Run one request (each input a tensor, or the parts of a batch); the Pending is already finished."""
+        tensors = self.prologue.host(inputs)
+        return Pending(self.eager(tensors, plan), None, int(tensors[0].shape[0]))
 
-    def run(self, inputs: Sequence[torch.Tensor], plan: Plan) -> tuple[torch.Tensor, ...]:
+    def run(self, inputs: Sequence[HostInput], plan: Plan) -> tuple[torch.Tensor, ...]:
         """Run one request and return its outputs."""
         return self.submit(inputs, plan).result()
 
@@ -60,9 +78,13 @@ class OrtRunner:
 
 
 def runner_for(
-    name: str, model: OnnxModel, pool: StreamPool, dtype: torch.dtype | None = None
+    name: str,
+    model: OnnxModel,
+    pool: StreamPool,
+    dtype: torch.dtype | None = None,
+    normalize: Sequence[Normalize | None] = (),
 ) -> OrtRunner | ModelRunner:
     """onnxruntime on the CPU backend; on a GPU, the converted module on the pool's partitions."""
     if pool.device.type == "cpu":
-        return OrtRunner(name, model, pool)
-    return ModelRunner(name, model.to_module(), model.make_inputs, pool, dtype=dtype)
+        return OrtRunner(name, model, pool, normalize=normalize)
+    return ModelRunner(name, model.to_module(), model.make_inputs, pool, dtype=dtype, normalize=normalize)

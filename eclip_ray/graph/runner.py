@@ -8,6 +8,12 @@ and a copy out, with no per-switch work on the CPU. All graphs of a runner
 share one memory pool: they never run at the same time, because every request
 of a runner is issued on the runner's own stream.
 
+Inputs arrive from host memory either as one tensor each or as the parts of a
+batch (each request's rows, as the front's batcher sends them): ``submit`` copies
+the parts once into a pinned staging buffer (the concatenation and the pinning in
+one copy), then into the graph's static input without blocking. UINT8 image
+inputs are normalised by the runner's prologue (``prologue.py``) inside the graph.
+
 On the CPU backend the same API runs the stages eagerly.
 """
 
@@ -17,14 +23,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from eclip_ray.errors import PlanError
 from eclip_ray.graph.plan import Plan
+from eclip_ray.graph.prologue import HostInput, Prologue, parts_of
 from eclip_ray.graph.stages import CutPoint, StageRouter, trace_calls
 from eclip_ray.partition.pool import StreamPool
+
+if TYPE_CHECKING:
+    from eclip_ray.actor.spec import Normalize
 
 InputFactory = Callable[[int], tuple[torch.Tensor, ...]]
 
@@ -96,6 +107,7 @@ class ModelRunner:
         pool: StreamPool,
         dtype: torch.dtype | None = None,
         warmup: int = 2,
+        normalize: Sequence[Normalize | None] = (),
     ) -> None:
         self.name = name
         self.pool = pool
@@ -105,7 +117,8 @@ class ModelRunner:
         self.model = model.to(self.device, self.dtype).eval()
         self._make_inputs = make_inputs
         self.warmup = warmup
-        self.calls: list[CutPoint] = trace_calls(self.model, self.example_inputs(1))
+        self.prologue = Prologue(name, make_inputs, self.device, self.dtype, normalize)
+        self.calls: list[CutPoint] = trace_calls(self.model, self.prologue(self.example_inputs(1)))
         self._router = StageRouter(self.model, self.calls)
         self._graphs: dict[tuple[Plan, int], CapturedGraph] = {}
         self._static: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -116,13 +129,19 @@ class ModelRunner:
 
     # -- inputs and plans ---------------------------------------------------------------------
 
+    @property
+    def input_dtypes(self) -> tuple[torch.dtype, ...]:
+        """The dtypes of the inputs as requests bring them (uint8 for those it normalises)."""
+        return self.prologue.input_dtypes
+
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Random inputs of ``batch_size`` on the runner's device, floats in the runner's dtype."""
-        out = []
-        for t in self._make_inputs(batch_size):
-            t = t.to(self.device)
-            out.append(t.to(self.dtype) if t.is_floating_point() else t)
-        return tuple(out)
+        """Random inputs of ``batch_size`` on the runner's device as requests bring them: floats in the runner's
+        dtype, uint8 for inputs it normalises."""
+        return self.prologue.example(batch_size)
+
+    def host_inputs(self, inputs: Sequence[HostInput]) -> tuple[torch.Tensor, ...]:
+        """One tensor per input in host memory, parts joined and cast to what requests bring (the eager path)."""
+        return self.prologue.host(inputs)
 
     def validate(self, plan: Plan) -> None:
         """Raise PlanError unless every cut point and partition of ``plan`` exists."""
@@ -135,6 +154,7 @@ class ModelRunner:
 
     def _forward(self, inputs: Sequence[torch.Tensor], plan: Plan) -> tuple[torch.Tensor, ...]:
         """Run the stages of ``plan``; on the GPU each on its partition's stream, joined at every switch."""
+        inputs = self.prologue(inputs)
         if not self.on_gpu:
             with self._router.active({c: (lambda: None) for c in plan.cuts}):
                 return _as_tuple(self.model(*inputs))
@@ -219,32 +239,29 @@ class ModelRunner:
             )
         return self._graphs[(plan, sizes[0])]
 
-    def submit(self, inputs: Sequence[torch.Tensor], plan: Plan) -> Pending:
-        """Issue one request under ``plan``: copy in (padded to a captured size), replay, copy out.
+    def submit(self, inputs: Sequence[HostInput], plan: Plan) -> Pending:
+        """Issue one request or batch under ``plan``: copy in (padded to a captured size), replay, copy out.
 
-        On the GPU this returns at once; requests of one runner run in order on
-        its stream. On the CPU it runs eagerly and returns a finished Pending.
+        Each input is a tensor or the parts of a batch (joined in the copy). On the GPU this returns at
+        once; requests of one runner run in order on its stream. On the CPU it runs eagerly and returns a
+        finished Pending.
         """
-        rows = int(inputs[0].shape[0])
+        rows = sum(int(p.shape[0]) for p in parts_of(inputs[0]))
         if not self.on_gpu:
-            return Pending(self.eager(inputs, plan), None, rows)
+            return Pending(self.eager(self.host_inputs(inputs), plan), None, rows)
         cap = self.captured(plan, rows)
         if len(inputs) != len(cap.inputs):
             raise PlanError(f"{self.name!r} takes {len(cap.inputs)} input tensors, got {len(inputs)}")
         with self._lock, torch.inference_mode(), torch.cuda.stream(self.stream):
             for dst, src in zip(cap.inputs, inputs, strict=True):
-                if src.device.type == "cpu" and not src.is_pinned():
-                    # From pageable memory the copy would block the caller until the stream's earlier
-                    # requests finish; the pinned block is held by torch's host allocator until it is done.
-                    src = src.pin_memory()
-                dst[:rows].copy_(src, non_blocking=True)
+                dst[:rows].copy_(_staged(src, rows), non_blocking=True)
             cap.replay()
             outputs = tuple(o.clone() for o in cap.outputs)
             event = torch.cuda.Event()
             event.record(self.stream)
         return Pending(outputs, event, rows)
 
-    def run(self, inputs: Sequence[torch.Tensor], plan: Plan) -> tuple[torch.Tensor, ...]:
+    def run(self, inputs: Sequence[HostInput], plan: Plan) -> tuple[torch.Tensor, ...]:
         """Run one request and wait for it."""
         return self.submit(inputs, plan).result()
 
@@ -268,3 +285,16 @@ class ModelRunner:
         self._graphs.clear()
         self._static.clear()
         self._router.remove()
+
+
+def _staged(x: HostInput, rows: int) -> torch.Tensor:
+    """``x`` in pinned host memory, its parts joined, with one copy; a tensor already on a device or pinned as is.
+
+    From pageable memory a copy to the device would block the caller until the stream's earlier requests
+    finish. The pinned block comes from torch's caching host allocator, which records the copy's stream and
+    hands the block out again only after the copy is done."""
+    parts = parts_of(x)
+    if len(parts) == 1 and (parts[0].device.type != "cpu" or parts[0].is_pinned()):
+        return parts[0]
+    staged = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, pin_memory=True)
+    return torch.cat(list(parts), out=staged) if len(parts) > 1 else staged.copy_(parts[0])

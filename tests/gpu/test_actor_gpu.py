@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eclip_ray.actor import GpuWorker, ServedModel
+from eclip_ray.actor import GpuWorker, ModelConfig
 from eclip_ray.actor.loader import zoo_inputs
 from eclip_ray.actor.plans import WHOLE_PLAN, label
 from eclip_ray.graph import Plan
@@ -27,7 +27,9 @@ class BothActive:
 
 @pytest.fixture(scope="module")
 def worker():
-    models = [ServedModel(n, n, (1, 4), zoo_inputs(n)) for n in ("tiny-cnn", "tiny-bert")]
+    models = [
+        ModelConfig(n, max_batch_size=4, batch_sizes=(1, 4), inputs=zoo_inputs(n)) for n in ("tiny-cnn", "tiny-bert")
+    ]
     w = GpuWorker(models, backend="cuda", plan_table=BothActive(), energy_window_s=1.5)
     yield w
     w.close()

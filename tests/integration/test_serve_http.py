@@ -115,7 +115,7 @@ def server(onnx_file):
 def reference(name: str, x: np.ndarray) -> np.ndarray:
     import torch
 
-    served = AppConfig.model_validate(CONFIG).resolved().model(name).served()
+    served = AppConfig.model_validate(CONFIG).resolved().model(name)
     with torch.inference_mode():
         return zoo_entry(served).build().eval()(torch.from_numpy(np.array(x))).numpy()
 

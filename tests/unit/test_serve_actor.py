@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from eclip_ray.actor import GpuWorker, ModelUnavailable, ServedModel, TensorInfo
+from eclip_ray.actor import GpuWorker, ModelConfig, ModelUnavailable, TensorSpec
 from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry, zoo_inputs
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label
@@ -42,21 +42,23 @@ class SlowNet(nn.Module):
         return self.fc(x)
 
 
-def zoo(name: str, sizes=(1, 2, 4)) -> ServedModel:
-    return ServedModel(name, name, tuple(sizes), zoo_inputs(name))
+def zoo(name: str, sizes=(1, 2, 4)) -> ModelConfig:
+    return ModelConfig(name, max_batch_size=max(sizes), batch_sizes=tuple(sizes), inputs=zoo_inputs(name))
 
 
-SLOW = ServedModel("slow", "test_serve_actor:SlowNet", (1,), (TensorInfo("x", "FP32", (4,)),))
+SLOW = ModelConfig("slow", "test_serve_actor:SlowNet", max_batch_size=1, inputs=(TensorSpec("x", "FP32", (4,)),))
 
 
 @pytest.fixture(scope="module")
 def worker():
-    w = GpuWorker([zoo("tiny-cnn"), zoo("tiny-bert"), ServedModel("broken", "no-such-model", (1,), ())], backend="cpu")
+    w = GpuWorker(
+        [zoo("tiny-cnn"), zoo("tiny-bert"), ModelConfig("broken", "no-such-model", (), max_batch_size=1)], backend="cpu"
+    )
     yield w
     w.close()
 
 
-def reference(model: ServedModel, x: np.ndarray) -> np.ndarray:
+def reference(model: ModelConfig, x: np.ndarray) -> np.ndarray:
     module = zoo_entry(model).build().eval()
     with torch.inference_mode():
         return module(torch.from_numpy(np.array(x))).numpy()
@@ -122,7 +124,7 @@ def test_import_path_loaders_need_an_allowed_module():
 
 
 def test_declared_inputs_must_match_the_model():
-    wrong = ServedModel("tiny-cnn", "tiny-cnn", (1,), (TensorInfo("input", "FP32", (3, 64, 64)),))
+    wrong = ModelConfig("tiny-cnn", inputs=(TensorSpec("input", "FP32", (3, 64, 64)),), max_batch_size=1)
     w = GpuWorker([wrong], backend="cpu")
     try:
         assert "declared with shape [3, 64, 64]" in w.failed["tiny-cnn"]

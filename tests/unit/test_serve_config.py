@@ -14,19 +14,21 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deployments" / "example.yaml"
 
 def test_zoo_models_get_their_inputs_and_batch_sizes():
     cfg = AppConfig(models=[ModelConfig(name="tiny-bert", max_batch_size=6)]).resolved()
-    served = cfg.models[0].served()
-    assert served.loader == "tiny-bert" and served.batch_sizes == (1, 2, 4, 6)
+    served = cfg.models[0]
+    assert served.loader_name == "tiny-bert" and served.captured_sizes() == (1, 2, 4, 6)
     assert [(t.name, t.datatype, t.shape) for t in served.inputs] == [("input_ids", "INT64", (16,))]
 
 
 @pytest.mark.parametrize(
     ("config", "words"),
     [
-        ({"models": [{"name": "a", "max_batch_sz": 4}]}, "Extra inputs are not permitted"),
+        ({"models": [{"name": "a", "max_batch_sz": 4}]}, "max_batch_sz\n  Unexpected keyword argument"),
+        ({"models": [{"name": "a"}], "gpu": 2}, "Extra inputs are not permitted"),
         ({"models": [{"name": "a"}, {"name": "a"}]}, "model names repeat"),
         ({"models": [{"name": "a", "replicas": 3}], "gpus": 2}, "asks for 3 replicas but the app has 2 GPUs"),
         ({"models": [{"name": "a", "max_batch_size": 8, "batch_sizes": [1, 4]}]}, "cannot hold max_batch_size 8"),
-        ({"models": [{"name": "a/b"}]}, "should match pattern"),
+        ({"models": [{"name": "a/b"}]}, "model name 'a/b' must match"),
+        ({"models": [{"name": "a", "max_batch_size": 0}]}, "max_batch_size must be 1 to 1024"),
         ({"models": [{"name": "m", "loader": "os:system"}]}, "not under allowed_modules"),
         ({"models": [{"name": "m", "loader": "mine.nets:build"}], "allowed_modules": ["mine"]}, "declare its inputs"),
         (
@@ -51,7 +53,7 @@ def test_an_allowed_import_path_with_inputs_is_accepted():
             ],
         }
     )
-    assert cfg.resolved().models[0].served().loader == "mine.nets:build"
+    assert cfg.resolved().models[0].loader_name == "mine.nets:build"
 
 
 def test_safe_defaults():

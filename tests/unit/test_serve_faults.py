@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_serve_ingress import client, post, sync
 
-from eclip_ray.actor import DeviceFault, GpuWorker, ServedModel
+from eclip_ray.actor import DeviceFault, GpuWorker, ModelConfig
 from eclip_ray.actor.loader import zoo_inputs
 from eclip_ray.energy import EnergyMeter, UnavailableMeter
 from eclip_ray.errors import BackendError, EnergyUnavailable
@@ -22,8 +22,8 @@ IDS = np.zeros((1, 16), "<i8")
 LAUNCH = BackendError("cuGraphLaunch", "CUDA_ERROR_LAUNCH_FAILED", "model tiny-cnn, stage 0 on partition whole")
 
 
-def zoo(name: str) -> ServedModel:
-    return ServedModel(name, name, (1, 2, 4), zoo_inputs(name))
+def zoo(name: str) -> ModelConfig:
+    return ModelConfig(name, max_batch_size=4, inputs=zoo_inputs(name))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The HTTP layer and the model deployment in one process: ingress -> deployment -> GpuWorker (CPU), no Ray.
+"""The front in one process: ingress (HTTP, batching) -> GpuWorker (CPU), no Ray.
 
 Handles are stood in for by objects whose ``method.remote(...)`` returns an
 awaitable, as Ray's do.
@@ -7,6 +7,7 @@ awaitable, as Ray's do.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -18,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eclip_ray.actor import GpuWorker
+from eclip_ray.actor import BatchResult, GpuWorker
 from eclip_ray.serve import AppConfig
 from eclip_ray.serve._private import codec
 from eclip_ray.serve._private.codec import RequestedOutput
 from eclip_ray.serve._private.ingress import Ingress, make_app
-from eclip_ray.serve._private.model_deployment import ModelDeployment
+from eclip_ray.serve._private.stats import StatsBoard
 
 
 def sync(test):
@@ -57,11 +58,17 @@ class Handle:
 
 
 class Fleet:
+    """The GpuFleet deployment's surface: the actors hosting a model, and the replicas' request counts."""
+
     def __init__(self, actors) -> None:
         self.actors = actors
+        self.board = StatsBoard()
 
     async def actors_for(self, model: str):
         return [(gpu, Handle(a)) for gpu, a in self.actors.items() if model in a.specs]
+
+    async def front_stats(self, replica, snapshots, models):
+        return self.board.exchange(replica, snapshots, models)
 
 
 CONFIG = {
@@ -82,18 +89,22 @@ def app_config():
 
 @pytest.fixture(scope="module")
 def worker(app_config):
-    w = GpuWorker([app_config.model(n).served() for n in ("tiny-cnn", "tiny-bert")], backend="cpu")
+    w = GpuWorker([app_config.model(n) for n in ("tiny-cnn", "tiny-bert")], backend="cpu")
     yield w
     w.close()
 
 
-def client(app_config, actors, **limits) -> httpx.AsyncClient:
+def ingress_of(app_config, actors, **limits) -> Ingress:
     cfg = app_config.model_copy(update={"limits": app_config.limits.model_copy(update=limits)})
-    fleet = Handle(Fleet(actors))
-    lim = cfg.limits.model_dump()
-    models = {m.name: Handle(ModelDeployment(m.model_dump(), lim, fleet, metrics=False)) for m in cfg.models}
-    app = make_app(Ingress(cfg.model_dump(mode="json"), models, metrics=False))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return Ingress(cfg, Handle(Fleet(actors)), metrics=False)
+
+
+def client_of(ingress: Ingress) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(ingress)), base_url="http://test")
+
+
+def client(app_config, actors, **limits) -> httpx.AsyncClient:
+    return client_of(ingress_of(app_config, actors, **limits))
 
 
 IMG = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype("<f4")
@@ -205,10 +216,12 @@ async def _good_requests_still_work(c: httpx.AsyncClient) -> None:
 @sync
 async def test_bad_requests_get_4xx_naming_the_problem(app_config, worker, path, body, headers, status, words):
     async with client(app_config, {0: worker}) as c:
+        before = (await c.get("/v2/models/tiny-cnn/stats")).json()["model_stats"][0]
         r = await c.post(path, content=body, headers=headers)
         assert r.status_code == status and words in r.json()["error"], r.text
         stats = (await c.get("/v2/models/tiny-cnn/stats")).json()["model_stats"][0]
-        assert stats["execution_count"] == 0 and stats["inference_stats"]["fail"]["count"] == 0  # no batch ran
+        assert stats["execution_count"] == before["execution_count"]  # no batch ran
+        assert stats["inference_stats"]["fail"]["count"] == 0
         await _good_requests_still_work(c)
 
 
@@ -230,7 +243,7 @@ class Silent:
 
     specs = ("tiny-cnn",)
 
-    async def infer(self, model, inputs):
+    async def infer(self, model, *requests):
         await asyncio.sleep(60)
 
     def ready(self):
@@ -257,11 +270,14 @@ async def test_health_metadata_and_stats(app_config, worker):
         assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, 16]}]
         assert meta["outputs"] == [{"name": "output0", "datatype": "FP32", "shape": [-1, 16, 64]}]
         assert (await c.get("/v2/models/tiny-bert/versions/2")).status_code == 404
+        before = (await c.get("/v2/models/tiny-cnn/stats")).json()["model_stats"][0]
         for _ in range(2):
             await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))
         stats = (await c.get("/v2/models/tiny-cnn/stats")).json()["model_stats"][0]
-        assert stats["name"] == "tiny-cnn" and stats["inference_count"] == 4 and stats["execution_count"] == 2
-        assert stats["batch_stats"][0]["batch_size"] == 2
+        assert stats["name"] == "tiny-cnn" and stats["inference_count"] - before["inference_count"] == 4
+        assert stats["execution_count"] - before["execution_count"] == 2  # executions: what ran on the device
+        assert stats["inference_stats"]["success"]["count"] == 2  # requests: this front's
+        assert 2 in [b["batch_size"] for b in stats["batch_stats"]]
         assert stats["gpus"][0]["plan"] == "whole" and stats["gpus"][0]["inferences"] >= 4
         server = (await c.get("/v2")).json()
         assert "binary_tensor_data" in server["extensions"]
@@ -275,7 +291,7 @@ class Restarting:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def infer(self, model, inputs):
+    async def infer(self, model, *requests):
         from ray.exceptions import ActorUnavailableError
 
         self.calls += 1
@@ -284,7 +300,7 @@ class Restarting:
 
 @sync
 async def test_a_batch_moves_to_another_replica_when_its_actor_is_down(app_config, worker):
-    models = [m.model_copy(update={"replicas": 2}) if m.name == "tiny-cnn" else m for m in app_config.models]
+    models = [dataclasses.replace(m, replicas=2) if m.name == "tiny-cnn" else m for m in app_config.models]
     two = app_config.model_copy(update={"gpus": 2, "models": models})
     down = Restarting()
     async with client(two, {0: down, 1: worker}) as c:
@@ -314,7 +330,7 @@ async def test_a_model_that_failed_to_load_gets_503_and_the_others_serve():
             ],
         }
     ).resolved()
-    w = GpuWorker([m.served() for m in cfg.models], backend="cpu", allowed_modules=cfg.allowed_modules)
+    w = GpuWorker(cfg.models, backend="cpu", allowed_modules=cfg.allowed_modules)
     try:
         async with client(cfg, {0: w}, retry_after_s=3) as c:
             r = await post(c, "bad", *codec.encode_request([("x", np.zeros((1, 4), "<f4"))]))
@@ -342,7 +358,7 @@ BODIES = (
 
 
 def _routes() -> list[tuple[str, str]]:
-    schema = make_app(Ingress(CONFIG, {}, metrics=False)).openapi()
+    schema = make_app(Ingress(AppConfig.model_validate(CONFIG).resolved(), None, metrics=False)).openapi()
     return [(method.upper(), path) for path, ops in schema["paths"].items() for method in ops]
 
 
@@ -373,48 +389,33 @@ def test_any_request_to_any_route_gets_one_kserve_answer_never_a_500(
         assert r.headers["retry-after"]
 
 
-class Refusing:
-    """A model deployment whose Serve queue is full: the handle raises before the call reaches it."""
-
-    def infer(self, inputs, received_at=None):
-        from ray.serve.exceptions import BackPressureError
-
-        raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
-
-
-@sync
-async def test_serve_backpressure_in_front_of_a_model_is_a_503_naming_the_overload(app_config):
-    cfg = app_config.model_copy(update={"limits": app_config.limits.model_copy(update={"retry_after_s": 5})})
-    app = make_app(Ingress(cfg.model_dump(mode="json"), {"tiny-cnn": Handle(Refusing())}, metrics=False))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))
-    assert r.status_code == 503 and r.headers["retry-after"] == "5"
-    assert r.json() == {"error": "model 'tiny-cnn' is overloaded: too many requests waiting; retry later"}
-
-
 class Gated:
-    """A model deployment that holds every request until ``open`` is set; counts the requests it got."""
+    """A GPU actor that holds every batch until ``open`` is set; counts the requests it got."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.specs = (model,)
         self.open = asyncio.Event()
         self.calls = 0
 
-    async def infer(self, inputs, received_at=None):
-        from eclip_ray.serve._private.model_deployment import Reply
+    def ready(self):
+        outputs = [{"name": "output0", "datatype": "FP32", "shape": [-1, 10]}]
+        return {"gpu": 0, "models": {self.specs[0]: {"ready": True, "error": None, "outputs": outputs}}}
 
-        self.calls += 1
+    async def infer(self, model, *requests):
+        self.calls += len(requests)
         await self.open.wait()
-        return Reply(names=("output0",), outputs=(np.zeros((len(inputs[0]), 10), "<f4"),))
+        rows = sum(len(r[0]) for r in requests)
+        return BatchResult(("output0",), (np.zeros((rows, 10), "<f4"),), 0.0, 0, "whole", rows)
 
 
 @sync
 async def test_the_front_holds_each_model_to_its_bound_and_refuses_the_excess_at_once(app_config):
     bound = {"max_ongoing_requests": 2}
-    models = [m.model_copy(update=bound) if m.name == "tiny-cnn" else m for m in app_config.models]
+    models = [dataclasses.replace(m, **bound) if m.name == "tiny-cnn" else m for m in app_config.models]
     cfg = app_config.model_copy(update={"models": models, "ingress_replicas": 1})
-    cnn, bert = Gated(), Gated()
-    ingress = Ingress(cfg.model_dump(mode="json"), {"tiny-cnn": Handle(cnn), "tiny-bert": Handle(bert)}, metrics=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_app(ingress)), base_url="http://test") as c:
+    cnn, bert = Gated("tiny-cnn"), Gated("tiny-bert")
+    ingress = ingress_of(cfg, {0: cnn, 1: bert})
+    async with client_of(ingress) as c:
         body = codec.encode_request([("input", IMG[:1])])
         held = [asyncio.create_task(post(c, "tiny-cnn", *body)) for _ in range(2)]
         while cnn.calls < 2:
@@ -433,13 +434,13 @@ async def test_the_front_holds_each_model_to_its_bound_and_refuses_the_excess_at
         cnn.open.set()
         bert.open.set()
         assert [(await t).status_code for t in [*held, other]] == [200, 200, 200]
-        assert {n: limit.ongoing for n, limit in ingress.limits.items()} == {"tiny-cnn": 0, "tiny-bert": 0, "broken": 0}
+        assert {n: m.limit.ongoing for n, m in ingress.models.items()} == {"tiny-cnn": 0, "tiny-bert": 0, "broken": 0}
         assert (await post(c, "tiny-cnn", *body)).status_code == 200  # the bound frees as requests finish
 
 
 def test_each_ingress_replica_takes_its_share_of_the_front_bound(app_config):
     cfg = app_config.model_copy(update={"ingress_replicas": 3})
-    limits = Ingress(cfg.model_dump(mode="json"), {}, metrics=False).limits
+    limits = {n: m.limit for n, m in Ingress(cfg, None, metrics=False).models.items()}
     # default bound 4 x replicas x max_batch_size, split among 3 ingress replicas, rounded up
     assert {n: limit.ceiling for n, limit in limits.items()} == {"tiny-cnn": 6, "tiny-bert": 3, "broken": 2}
     assert {n: limit.target_s for n, limit in limits.items()} == {"tiny-cnn": None, "tiny-bert": 0.25, "broken": None}

@@ -9,7 +9,7 @@ import pytest
 from onnx_export import export_zoo
 from pydantic import ValidationError
 
-from eclip_ray.actor import GpuWorker, ServedModel, TensorInfo
+from eclip_ray.actor import GpuWorker, ModelConfig, TensorSpec
 from eclip_ray.actor.loader import is_import_path, zoo_entry
 from eclip_ray.serve import AppConfig
 
@@ -33,9 +33,7 @@ def _app(loader: str, allowed_dirs: list, **model) -> dict:
 def test_an_onnx_loader_under_an_allowed_dir_gets_its_inputs_from_the_graph(dirs):
     allowed, _ = dirs
     cfg = AppConfig.model_validate(_app(f"onnx:{allowed / 'tiny-cnn.onnx'}", [allowed])).resolved()
-    assert [t.model_dump() for t in cfg.model("m").inputs] == [
-        {"name": "input", "datatype": "FP32", "shape": (3, 32, 32)}
-    ]
+    assert cfg.model("m").inputs == (TensorSpec("input", "FP32", (3, 32, 32)),)
     assert not is_import_path(cfg.model("m").loader_name)
 
 
@@ -76,7 +74,7 @@ def test_onnx_loaders_outside_the_allowed_dirs_are_config_errors(dirs, where, wo
         AppConfig.model_validate(_app(loader, [allowed]))
     assert "allowed_model_dirs" in str(e.value)
     # checked again in the actor, so that a config that skipped validation cannot read other files
-    served = ServedModel("m", loader, (1,), (TensorInfo("input", "FP32", (3, 32, 32)),))
+    served = ModelConfig("m", loader, (TensorSpec("input", "FP32", (3, 32, 32)),), max_batch_size=1)
     with pytest.raises(ValueError, match=words):
         zoo_entry(served, allowed_model_dirs=[str(allowed)])
 
@@ -96,7 +94,7 @@ def test_a_fixed_batch_export_is_refused_with_the_reason(dirs):
 def test_the_actor_serves_an_onnx_model_as_onnxruntime_does(dirs):
     allowed, outside = dirs
     cfg = AppConfig.model_validate(_app(f"onnx:{allowed / 'tiny-cnn.onnx'}", [allowed], max_batch_size=4))
-    served = cfg.resolved().model("m").served()
+    served = cfg.resolved().model("m")
     w = GpuWorker([served], backend="cpu", allowed_model_dirs=[str(allowed)])
     try:
         x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype("f4")

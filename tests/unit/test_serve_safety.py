@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eclip_ray.actor.loader import zoo_entry
-from eclip_ray.actor.spec import ServedModel, TensorInfo
+from eclip_ray.actor.spec import TensorSpec
 from eclip_ray.serve import AppConfig, Limits, ModelConfig, load_config
 from eclip_ray.serve.cli import add_parser, app_config
 
@@ -59,8 +59,8 @@ def test_nothing_from_the_network_is_unpickled(package):
     assert hits == []
 
 
-def _served(loader: str) -> ServedModel:
-    return ServedModel(name="m", loader=loader, batch_sizes=(1,), inputs=(TensorInfo("x", "FP32", (4,)),))
+def _served(loader: str) -> ModelConfig:
+    return ModelConfig(name="m", loader=loader, max_batch_size=1, inputs=(TensorSpec("x", "FP32", (4,)),))
 
 
 @pytest.mark.parametrize(

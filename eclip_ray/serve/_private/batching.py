@@ -13,10 +13,21 @@ flight at once (the GPU actor overlaps them). It admits a request only while
 the queue has room and, for a model with an SLO, while the work ahead of it
 (``BatchPolicy.expected_s``) lets it finish in time; otherwise it refuses at
 once with 503 and Retry-After, so that latency cannot grow without bound.
-A request that waited past its SLO in the queue all the same (batches ran
-slower than measured) is refused with 503 when the next batch forms, rather
-than run late: its client has its answer now, and the GPU time goes to
-requests that can still make it.
+A request with nothing queued or running ahead of it is always admitted: an
+idle model never refuses, whatever it measured before. The SLO clock starts
+when the request joins the queue, after its body was read, decoded and
+checked: that work is the request's own, not a wait that refusing others
+would shorten. A request that waited past its SLO in the queue all the same
+(batches ran slower than measured) is refused with 503 when the next batch
+forms, rather than run late: its client has its answer now, and the GPU time
+goes to requests that can still make it.
+
+An SLO that the model misses even alone (``slo_feasible`` False: the GPU
+actor's measured run of one row is over it) is not used to refuse anything;
+the front reports it at start instead (``eclip_ray/serve/_private/model.py``).
+
+A batch leaves as the list of its requests' arrays, not concatenated: the GPU
+actor copies them once, straight into its pinned staging buffer.
 """
 
 from __future__ import annotations
@@ -127,18 +138,8 @@ class _Waiting:
     future: asyncio.Future
 
 
-@dataclass(frozen=True)
-class Batched:
-    """What one request gets back: its rows of the outputs and how its batch went."""
-
-    names: tuple[str, ...]
-    outputs: tuple[np.ndarray, ...]
-    queue_s: float
-    batch_rows: int
-    result: BatchResult
-
-
-RunBatch = Callable[[list[np.ndarray]], Awaitable[BatchResult]]
+# Runs one batch, given its requests' arrays (each request's in the model's input order): the result of all rows.
+RunBatch = Callable[[list[Sequence[np.ndarray]]], Awaitable[BatchResult]]
 
 
 class Batcher:
@@ -164,6 +165,7 @@ class Batcher:
         self.reject_over_slo = reject_over_slo
         self.name = name
         self._clock = clock
+        self.slo_feasible: bool | None = None  # None: not known yet
         self._queue: deque[_Waiting] = deque()
         self._inflight = 0
         self._wake = asyncio.Event()
@@ -173,42 +175,43 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Sequence[np.ndarray], rows: int, waited_s: float = 0.0) -> Batched:
-        """Queue one request (arrays in input order) and wait for its rows of the batch's outputs.
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
-        ``waited_s``: how long the request already waited before it got here (in the HTTP front), counted
-        against its SLO like time in the queue."""
-        refusal = self.refusal(rows, waited_s)
+    @property
+    def enforces_slo(self) -> bool:
+        """Whether the SLO refuses requests: it is set, refusal by it is on, and the model can meet it alone."""
+        return self.policy.slo_s is not None and self.reject_over_slo and self.slo_feasible is not False
+
+    async def submit(self, inputs: Sequence[np.ndarray], rows: int) -> BatchResult:
+        """Queue one request (arrays in input order) and wait for its rows of the batch's outputs."""
+        refusal = self.refusal(rows)
         if refusal is not None:
             raise unavailable(f"{self.name} is overloaded: {refusal}; retry later", self.retry_after_s)
-        arrival = self._clock() - waited_s
-        waiting = _Waiting(inputs, rows, arrival, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(inputs, rows, self._clock(), asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         return await waiting.future
 
-    def refusal(self, rows: int, waited_s: float = 0.0) -> str | None:
-        """Why a request of ``rows`` rows arriving now, ``waited_s`` after it reached the server, is refused
-        (None: it is admitted)."""
+    def refusal(self, rows: int) -> str | None:
+        """Why a request of ``rows`` rows arriving now is refused (None: it is admitted)."""
+        if not (self._queue or self._inflight):
+            return None  # with nothing ahead it runs at once: an idle model never refuses
         if len(self._queue) >= self.max_queue:
             return f"its queue is full ({self.max_queue} requests waiting)"
-        slo_s = self.policy.slo_s
-        if slo_s is None or not self.reject_over_slo:
+        if not self.enforces_slo:
             return None
-        if waited_s > slo_s:
-            return f"it waited {1e3 * waited_s:.0f} ms in the HTTP front, past the SLO of {1e3 * slo_s:g} ms"
-        if not (self._queue or self._inflight):
-            return None  # with nothing ahead it runs at once: a stale, slow estimate cannot lock the model out
+        slo_s = self.policy.slo_s
         ahead = sum(w.rows for w in self._queue)
-        expected = waited_s + self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.bound)
+        expected = self.policy.expected_s(ahead, rows, self._inflight, self.max_inflight, self.times.bound)
         if expected <= slo_s:
             return None
-        front = f" ({1e3 * waited_s:.0f} ms of it spent in the HTTP front)" if waited_s >= 1e-3 else ""
         return (
             f"with {len(self._queue)} requests queued and {self._inflight} batches running ahead of it, "
-            f"it would take about {1e3 * expected:.0f} ms{front}, over the SLO of {1e3 * slo_s:g} ms"
+            f"it would take about {1e3 * expected:.0f} ms, over the SLO of {1e3 * slo_s:g} ms"
         )
 
     async def _loop(self) -> None:
@@ -241,7 +244,7 @@ class Batcher:
     def _refuse_stale(self, now: float) -> bool:
         """Refuse the queued requests whose SLO has passed; True when some were."""
         slo_s = self.policy.slo_s
-        if slo_s is None or not self.reject_over_slo or now - self._queue[0].arrival <= slo_s:
+        if not self.enforces_slo or now - self._queue[0].arrival <= slo_s:
             return False  # the head is the oldest: if it is in time, all are
         stale = [w for w in self._queue if now - w.arrival > slo_s]
         self._queue = deque(w for w in self._queue if now - w.arrival <= slo_s)
@@ -253,11 +256,7 @@ class Batcher:
     async def _dispatch(self, batch: list[_Waiting], sent: float) -> None:
         try:
             rows = sum(w.rows for w in batch)
-            inputs = [
-                np.concatenate([w.inputs[i] for w in batch]) if len(batch) > 1 else batch[0].inputs[i]
-                for i in range(len(batch[0].inputs))
-            ]
-            result = await self._run(inputs)
+            result = await self._run([w.inputs for w in batch])
             self.times.observe(self.policy.bucket(rows), self._clock() - sent)
             self._deliver(batch, rows, sent, result)
         except Exception as e:  # every request of the batch gets the failure; none is left waiting
@@ -271,7 +270,6 @@ class Batcher:
     def _deliver(self, batch: list[_Waiting], rows: int, sent: float, result: BatchResult) -> None:
         start = 0
         for w in batch:
-            part = tuple(o[start : start + w.rows] for o in result.outputs)
-            start += w.rows
             if not w.future.done():
-                w.future.set_result(Batched(result.names, part, sent - w.arrival, rows, result))
+                w.future.set_result(result.part(start, start + w.rows, sent - w.arrival))
+            start += w.rows

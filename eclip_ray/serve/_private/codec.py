@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    decode_s: float = 0.0  # the time decoding took: the request's own work, not a wait
 
 
 def _bad(message: str) -> RequestError:
@@ -59,6 +61,7 @@ def header_length(value: str | None) -> int | None:
 
 def decode_request(body: bytes, json_length: int | None = None) -> InferRequest:
     """Parse a request body; ``json_length`` is the ``Inference-Header-Content-Length`` value."""
+    t0 = time.perf_counter()
     view = memoryview(body)
     if not body:
         raise _bad("the request body is empty; it must hold a JSON inference request")
@@ -82,6 +85,7 @@ def decode_request(body: bytes, json_length: int | None = None) -> InferRequest:
         outputs=_decode_outputs(doc.get("outputs")),
         binary_output=_flag(params.get("binary_data_output", False), "binary_data_output"),
         parameters=params,
+        decode_s=time.perf_counter() - t0,
     )
 
 

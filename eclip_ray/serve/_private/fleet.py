@@ -5,7 +5,8 @@ actors: deleting the application ends them, and if the fleet's replica is
 replaced its successor creates fresh ones (deployments then fetch new handles).
 Actors start loading at once; the fleet does not wait for them, so one model
 that fails to load does not fail the application: readiness says which models
-are up (``/v2/health/ready``).
+are up (``/v2/health/ready``). The fleet also sums the request statistics the
+ingress replicas report (``stats.py``), since each replica sees only its share.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from typing import Any
 
 from eclip_ray.serve._private.placement import Placement
+from eclip_ray.serve._private.stats import StatsBoard
 from eclip_ray.serve.config import AppConfig
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,10 @@ def resolve_backend(backend: str, gpu_actors: int) -> tuple[str, float]:
 
 
 class GpuFleet:
-    def __init__(self, config: dict, placement: dict, app_name: str | None = None) -> None:
+    def __init__(self, config: AppConfig, placement: dict, app_name: str | None = None) -> None:
         from eclip_ray.actor.remote import worker_class
 
-        cfg = AppConfig.model_validate(config)
+        cfg = config
         self.placement = Placement.from_dict(placement)
         hosting = [i for i, models in enumerate(self.placement.gpus) if models]
         self.backend, num_gpus = resolve_backend(cfg.backend, len(hosting))
@@ -48,7 +50,7 @@ class GpuFleet:
         self.actors: dict[int, Any] = {}
         for gpu in hosting:
             kwargs = {
-                "models": [cfg.model(m).served() for m in self.placement.gpus[gpu]],
+                "models": [cfg.model(m) for m in self.placement.gpus[gpu]],
                 "backend": self.backend,
                 "gpu": gpu,
                 "plan_table": cfg.plan_table,
@@ -61,10 +63,15 @@ class GpuFleet:
             self.actors[gpu] = _start(worker, f"eclip_ray:{app}:gpu{gpu}", kwargs)
         for w in self.placement.warnings:
             log.warning("placement: %s", w)
+        self.board = StatsBoard()
 
     async def actors_for(self, model: str) -> list[tuple[int, Any]]:
         """(GPU index, actor handle) of every actor hosting ``model``."""
         return [(g, self.actors[g]) for g in self.placement.gpus_of(model)]
+
+    async def front_stats(self, replica: str, snapshots: dict[str, dict[str, Any]], models: list[str]) -> dict:
+        """Record ``replica``'s request counts and return every replica's summed, for ``models``."""
+        return self.board.exchange(replica, snapshots, models)
 
     async def describe(self) -> dict:
         return {"backend": self.backend, "placement": self.placement.to_dict(), "actors": sorted(self.actors)}

@@ -1,126 +1,165 @@
-"""The HTTP front: KServe v2 (Open Inference Protocol) over FastAPI, one ingress for all models.
+"""The front: KServe v2 (Open Inference Protocol) over HTTP (FastAPI) and gRPC, one ingress for all models.
 
-Ray Serve allows one ingress deployment per application, so this one routes
-``/v2/models/{name}/...`` to the model's own deployment (batching) through its
-handle. A request is decoded and checked against the model here: a bad one is
-answered 4xx without touching a batch or a GPU. Errors are KServe-style
-``{"error": "..."}``; retryable ones are 503 with Retry-After.
+A request's whole way in one process: the admission limit of its model
+(refusing the excess before reading the body), the body read, decoded and
+checked against the model (a bad one is answered 4xx here), the model's batcher,
+and one Ray call per batch to the GPU actor (``model.py``). So a request crosses
+one Serve hop before its batcher (the proxy's, or none with HAProxy or direct
+ingress) and its batch one hop to the GPU. Several replicas of this deployment
+share the load; the GPU actors join their small batches again.
 
-``Ingress`` is a plain class; ``make_app(ingress)`` builds the FastAPI app, and
-Serve calls ``__serve_build_asgi_app__`` for it in the replica.
+HTTP errors are KServe-style ``{"error": "..."}``, retryable ones 503 with
+Retry-After. gRPC (``GRPCInferenceService`` of tritonclient's protobufs,
+through Serve's gRPC proxy, which calls the methods named like the RPCs) maps
+the same failures to status codes (``grpc_codec.py``).
+
+No torch or CUDA code is imported here (a test checks it): the config comes
+resolved from the driver that built the app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from eclip_ray.serve._private import codec
-from eclip_ray.serve._private.admission import FrontLimit
+from eclip_ray.actor.spec import BatchResult
+from eclip_ray.serve._private import codec, grpc_codec
+from eclip_ray.serve._private.codec import InferRequest
 from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
 from eclip_ray.serve._private.metrics import RayServeMetrics, ServeMetrics
-from eclip_ray.serve._private.model_deployment import Reply
+from eclip_ray.serve._private.model import ModelFront
+from eclip_ray.serve._private.stats import ModelStats
 from eclip_ray.serve._private.validate import check_inputs, check_outputs
-from eclip_ray.serve.config import AppConfig, ModelConfig
+from eclip_ray.serve.config import AppConfig
+
+with contextlib.suppress(ImportError):  # Serve's gRPC proxy pickles requests to this process: make them unpickle
+    import eclip_ray.serve._private.grpc_service  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 VERSION = "1"
 READY_TIMEOUT_S = 5.0
-
-
-def _is_backpressure(e: Exception) -> bool:
-    from ray.serve.exceptions import BackPressureError
-
-    return isinstance(e, BackPressureError)
+STATS_REPORT_S = 1.0  # how often a replica reports its request counts to the fleet (when they changed)
+START_CHECK_S = 600.0  # how long a replica keeps asking for its models' readiness at start, for the SLO check
 
 
 def error_response(failure: Failure) -> JSONResponse:
     return JSONResponse({"error": failure.message}, status_code=failure.status, headers=failure.headers())
 
 
-class Ingress:
-    """``models`` maps each model name to a handle of its ModelDeployment."""
+@dataclass
+class Answered:
+    """A request served: its model, what it asked for, and its rows of the result."""
 
-    def __init__(self, config: dict, models: Mapping[str, Any], metrics: bool = True) -> None:
-        self.cfg = AppConfig.model_validate(config)
-        self.specs = {m.name: m for m in self.cfg.models}
-        self.models = dict(models)
-        self.metrics: ServeMetrics = RayServeMetrics(self.specs) if metrics else ServeMetrics()
-        self._output_names: dict[str, tuple[str, ...]] = {}
-        # Each model's requests in progress in this replica, held to its share of the model's front bound and,
-        # for a model with an SLO, to what the front gets through within it (admission.py).
+    front: ModelFront
+    request: InferRequest
+    result: BatchResult
+
+
+class Ingress:
+    """``config`` resolved (every input declared); ``fleet`` a handle of the GpuFleet deployment."""
+
+    def __init__(self, config: AppConfig | dict, fleet: Any, metrics: bool = True) -> None:
+        self.cfg = config if isinstance(config, AppConfig) else AppConfig.model_validate(config)
+        if not self.cfg.is_resolved():
+            raise ValueError("the ingress takes a resolved AppConfig (AppConfig.resolved(), where the app is built)")
+        self._fleet = fleet
+        names = [m.name for m in self.cfg.models]
+        self.metrics: ServeMetrics = RayServeMetrics(names) if metrics else ServeMetrics()
         replicas = self.cfg.ingress_count()
-        share = self.cfg.limits.front_slo_share
-        self.limits = {
-            m.name: FrontLimit(math.ceil(m.front_bound() / replicas), share * m.slo_ms / 1e3 if m.slo_ms else None)
-            for m in self.cfg.models
-        }
+        self.models = {m.name: ModelFront(m, self.cfg.limits, fleet, replicas, self.metrics) for m in self.cfg.models}
+        self._replica = _replica_id()
+        self._reported: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        with contextlib.suppress(RuntimeError):  # in a Serve replica the constructor runs on the replica's loop
+            loop = asyncio.get_running_loop()
+            self._tasks += [loop.create_task(self._start_up()), loop.create_task(self._report_loop())]
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_app(self)
 
-    def spec(self, name: str, version: str | None = None) -> ModelConfig:
-        if name not in self.specs:
-            raise RequestError(404, f"unknown model {name!r}; this server serves {sorted(self.specs)}")
+    def front(self, name: str, version: str | None = None) -> ModelFront:
+        if name not in self.models:
+            raise RequestError(404, f"unknown model {name!r}; this server serves {sorted(self.models)}")
         if version not in (None, "", VERSION):
             raise RequestError(404, f"model {name!r} has no version {version!r}; it has version {VERSION}")
-        return self.specs[name]
+        return self.models[name]
 
-    # -- inference --------------------------------------------------------------------------
+    # -- inference, for either protocol -----------------------------------------------------
 
-    async def infer(self, name: str, version: str | None, request: Request) -> Response:
+    async def serve(self, name: str, version: str | None, receive: Callable[[], Awaitable[InferRequest]]) -> Answered:
+        """Admit a request of model ``name``, ``receive`` it (read and decode), check it and batch it.
+
+        The model's admission limit is taken before ``receive``, so an excess request is refused before its
+        body is read. Its time in the front counts towards the limit's signal without the request's own
+        decoding, which is not queueing."""
+        front = self.front(name, version)
+        if not front.limit.admit():  # refused before its body is read: cheap, and at once
+            raise unavailable(
+                f"model {name!r} is overloaded: {front.limit.ongoing} of its requests are in progress in this "
+                f"ingress replica, as many as it takes at once now (at most {front.limit.ceiling}); retry later",
+                self.cfg.limits.retry_after_s,
+            )
+        t0 = time.perf_counter()
+        own = 0.0
+        try:
+            request = await receive()
+            t1 = time.perf_counter()
+            arrays, rows = check_inputs(front.cfg, request)
+            known = [o["name"] for o in front.outputs or ()]
+            if known:  # refuse before running the model
+                check_outputs(name, request, known)
+            own = time.perf_counter() - t1 + request.decode_s
+            result = await front.infer(arrays, rows)
+            check_outputs(name, request, result.names)
+            return Answered(front, request, result)
+        finally:
+            front.limit.done(max(0.0, time.perf_counter() - t0 - own))
+
+    async def counted(self, name: str, call: Callable[[], Awaitable[Any]], status_of: Callable[[Any], int]) -> Any:
+        """``call()`` with the request counted in the metrics (its status and latency)."""
         t0, status = time.perf_counter(), 500
         try:
-            response = await self._infer(name, version, request)
-            status = response.status_code
-            return response
+            out = await call()
+            status = status_of(out)
+            return out
         except RequestError as e:
             status = e.failure.status
+            raise
+        finally:
+            slo = self.models[name].cfg.slo_ms if name in self.models else None
+            self.metrics.request(name, status, time.perf_counter() - t0, slo)
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def infer_http(self, name: str, version: str | None, request: Request) -> Response:
+        try:
+            return await self.counted(name, lambda: self._infer_http(name, version, request), lambda r: r.status_code)
+        except RequestError as e:
             return error_response(e.failure)
         except Exception as e:  # a bug, not the client's fault: still one KServe-style answer
             log.exception("request for model %r failed", name)
             return error_response(Failure(500, f"internal error ({type(e).__name__}); see the server's log"))
-        finally:
-            slo = self.specs[name].slo_ms if name in self.specs else None
-            self.metrics.request(name, status, time.perf_counter() - t0, slo)
 
-    async def _infer(self, name: str, version: str | None, request: Request) -> Response:
-        received_at = time.time()  # wall clock: the model's deployment compares it in another process
-        model = self.spec(name, version)
-        limit = self.limits[name]
-        if not limit.admit():  # refused before its body is read: cheap, and at once
-            raise unavailable(
-                f"model {name!r} is overloaded: {limit.ongoing} of its requests are in progress in this ingress "
-                f"replica, as many as it takes at once now (at most {limit.ceiling}); retry later",
-                self.cfg.limits.retry_after_s,
-            )
-        t0 = time.perf_counter()
-        try:
-            return await self._admitted(name, model, request, received_at)
-        finally:
-            limit.done(time.perf_counter() - t0)
+    async def _infer_http(self, name: str, version: str | None, request: Request) -> Response:
+        async def receive() -> InferRequest:
+            body = await self._body(request)
+            return codec.decode_request(body, codec.header_length(request.headers.get(codec.HEADER)))
 
-    async def _admitted(self, name: str, model: ModelConfig, request: Request, received_at: float) -> Response:
-        body = await self._body(request)
-        decoded = codec.decode_request(body, codec.header_length(request.headers.get(codec.HEADER)))
-        arrays, _ = check_inputs(model, decoded)
-        if name in self._output_names:  # known after the first answer: refuse before running the model
-            check_outputs(name, decoded, self._output_names[name])
-        reply = await self._call(name, arrays, received_at)
-        self._output_names[name] = reply.names
-        check_outputs(name, decoded, reply.names)
-        binary = codec.binary_choice(decoded, reply.names)
-        outputs = [(n, o) for n, o in zip(reply.names, reply.outputs, strict=True) if n in binary]
-        payload, json_length = codec.encode_response(name, outputs, binary, decoded.id)
+        done = await self.serve(name, version, receive)
+        binary = codec.binary_choice(done.request, done.result.names)
+        outputs = [(n, o) for n, o in zip(done.result.names, done.result.outputs, strict=True) if n in binary]
+        payload, json_length = codec.encode_response(name, outputs, binary, done.request.id)
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream", headers={codec.HEADER: str(json_length)})
@@ -138,45 +177,124 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _call(self, name: str, arrays: list, received_at: float) -> Reply:
+    # -- gRPC (GRPCInferenceService), called by Serve's gRPC proxy by method name -------------
+
+    async def ServerLive(self, request, grpc_context=None):
+        return grpc_codec.pb().ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, grpc_context=None):
+        states = await asyncio.gather(*(m.ready() for m in self.models.values()))
+        return grpc_codec.pb().ServerReadyResponse(ready=all(s["ready"] for s in states))
+
+    async def ModelReady(self, request, grpc_context=None):
+        return await grpc_codec.answer(grpc_context, self._model_ready_pb, request)
+
+    async def _model_ready_pb(self, request):
+        state = await self.front(request.name, request.version).ready()
+        return grpc_codec.pb().ModelReadyResponse(ready=state["ready"])
+
+    async def ServerMetadata(self, request, grpc_context=None):
+        from eclip_ray import __version__
+
+        return grpc_codec.pb().ServerMetadataResponse(name="eclip_ray", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, grpc_context=None):
+        async def metadata(req):
+            return grpc_codec.metadata(await self.front(req.name, req.version).metadata())
+
+        return await grpc_codec.answer(grpc_context, metadata, request)
+
+    async def ModelStatistics(self, request, grpc_context=None):
+        async def statistics(req):
+            names = [req.name] if req.name else list(self.models)
+            for n in names:
+                self.front(n, req.version)
+            return grpc_codec.statistics(await self.statistics(names))
+
+        return await grpc_codec.answer(grpc_context, statistics, request)
+
+    async def ModelInfer(self, request, grpc_context=None):
+        name = request.model_name
+
+        async def infer(req):
+            async def receive() -> InferRequest:
+                return grpc_codec.decode_request(req, self.cfg.limits.max_request_bytes)
+
+            done = await self.serve(name, req.model_version, receive)
+            return grpc_codec.encode_response(name, done.result.names, done.result.outputs, done.request)
+
+        async def call():
+            return await grpc_codec.answer(grpc_context, infer, request, raise_errors=True)
+
         try:
-            reply: Reply = await self.models[name].infer.remote(arrays, received_at)
-        except Exception as e:  # the model's deployment itself is down, or Serve's queue before it is full
-            why = (
-                "is overloaded: too many requests waiting"
-                if _is_backpressure(e)
-                else f"is unavailable ({type(e).__name__})"
-            )
-            raise unavailable(f"model {name!r} {why}; retry later", self.cfg.limits.retry_after_s) from None
-        if reply.failure is not None:
-            raise RequestError(reply.failure.status, reply.failure.message, reply.failure.retry_after_s)
-        return reply
+            return await self.counted(name, call, lambda _: 200)
+        except RequestError:
+            return grpc_codec.pb().ModelInferResponse()  # the status is on the context
 
     # -- health, metadata, statistics -------------------------------------------------------
 
-    async def model_ready(self, name: str) -> dict:
-        try:
-            return await asyncio.wait_for(self.models[name].ready.remote(), READY_TIMEOUT_S)
-        except Exception as e:
-            return {"ready": False, "reason": f"its deployment is not answering ({type(e).__name__})"}
-
     async def server_ready(self) -> Response:
-        states = await asyncio.gather(*(self.model_ready(n) for n in self.specs))
-        waiting = [f"{n}: {s['reason']}" for n, s in zip(self.specs, states, strict=True) if not s["ready"]]
+        states = await asyncio.gather(*(m.ready() for m in self.models.values()))
+        waiting = [f"{n}: {s['reason']}" for n, s in zip(self.models, states, strict=True) if not s["ready"]]
         if waiting:
             return error_response(Failure(400, "not ready: " + "; ".join(waiting)))
-        return JSONResponse({"ready": True})
+        notes = [s["note"] for s in states if s["note"]]
+        return JSONResponse({"ready": True, **({"warnings": notes} if notes else {})})
 
-    async def metadata(self, name: str, version: str | None) -> Response:
-        self.spec(name, version)
-        meta = await self.models[name].metadata.remote()
-        if "error" in meta:
-            return error_response(Failure(503, meta["error"], self.cfg.limits.retry_after_s))
-        return JSONResponse(meta)
+    async def statistics(self, names: list[str]) -> dict:
+        """Triton-style statistics of ``names``: every replica's request counts (through the fleet) and the GPU
+        actors' executions."""
+        summed = await self._exchange_stats(names)
+        gpus = await asyncio.gather(*(self.models[n].gpu_stats() for n in names))
+        out = []
+        for n, g in zip(names, gpus, strict=True):
+            snap = summed.get(n)
+            stats = ModelStats.summed(n, [snap]) if snap else self.models[n].stats
+            entry = stats.to_triton(g)
+            entry["gpus"], entry["queued"] = g, self.models[n].batcher.queued
+            entry["slo"] = self.models[n].slo_state()
+            out.append(entry)
+        return {"model_stats": out}
 
-    async def statistics(self, names: list[str]) -> Response:
-        stats = await asyncio.gather(*(self.models[n].statistics.remote() for n in names))
-        return JSONResponse({"model_stats": list(stats)})
+    async def _exchange_stats(self, names: list[str]) -> dict[str, dict]:
+        """Report this replica's changed counts; every replica's, summed (empty if the fleet does not answer)."""
+        changed = {n: m.stats.snapshot() for n, m in self.models.items() if self._reported.get(n) != m.stats.version}
+        try:
+            summed = await asyncio.wait_for(
+                self._fleet.front_stats.remote(self._replica, changed, names), READY_TIMEOUT_S
+            )
+        except Exception as e:  # statistics are best effort; requests never wait on them
+            log.debug("statistics exchange with the fleet failed: %r", e)
+            return {}
+        self._reported.update({n: self.models[n].stats.version for n in changed})
+        return summed
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_REPORT_S)
+            if any(self._reported.get(n) != m.stats.version for n, m in self.models.items()):
+                await self._exchange_stats([])
+
+    async def _start_up(self) -> None:
+        """Ask until every model is ready or failed, so that an SLO the hardware cannot meet is reported (log,
+        metric) as the models come up rather than at the first request."""
+        pending, deadline = list(self.models), time.monotonic() + START_CHECK_S
+        while pending and time.monotonic() < deadline:
+            states = await asyncio.gather(*(self.models[n].ready() for n in pending))
+            pending = [n for n, s in zip(pending, states, strict=True) if not s["ready"]]
+            await asyncio.sleep(1.0)
+
+
+EXTENSIONS = ["binary_tensor_data", "statistics"]
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a Serve replica (tests, tools)
+        return f"pid{os.getpid()}-{id(object())}"
 
 
 def make_app(ingress: Ingress) -> FastAPI:
@@ -205,35 +323,34 @@ def make_app(ingress: Ingress) -> FastAPI:
 
     @app.get("/v2")
     async def server_metadata() -> dict:
-        return {"name": "eclip_ray", "version": __version__, "extensions": ["binary_tensor_data", "statistics"]}
+        return {"name": "eclip_ray", "version": __version__, "extensions": EXTENSIONS}
 
     @app.get("/v2/models/stats")
     async def all_stats() -> Response:
-        return await ingress.statistics(list(ingress.specs))
+        return JSONResponse(await ingress.statistics(list(ingress.models)))
 
     @app.get("/v2/models/{name}/stats")
     @app.get("/v2/models/{name}/versions/{version}/stats")
     async def model_stats(name: str, version: str | None = None) -> Response:
-        ingress.spec(name, version)
-        return await ingress.statistics([name])
+        ingress.front(name, version)
+        return JSONResponse(await ingress.statistics([name]))
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> Response:
-        ingress.spec(name, version)
-        state = await ingress.model_ready(name)
+        state = await ingress.front(name, version).ready()
         if not state["ready"]:
             return error_response(Failure(400, f"model {name!r} is not ready: {state['reason']}"))
-        return JSONResponse({"name": name, "ready": True})
+        return JSONResponse({"name": name, "ready": True, "slo": state["slo"], "warning": state["note"]})
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        return await ingress.metadata(name, version)
+        return JSONResponse(await ingress.front(name, version).metadata())
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        return await ingress.infer(name, version, request)
+        return await ingress.infer_http(name, version, request)
 
     return app

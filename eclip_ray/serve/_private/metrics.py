@@ -25,10 +25,13 @@ class ServeMetrics:
     def batch(self, model: str, rows: int) -> None:
         """A batch of ``rows`` rows sent to a GPU actor."""
 
+    def slo(self, model: str, solo_ms: float, feasible: bool) -> None:
+        """The model's run time alone (smallest batch), and whether its SLO can be met at all."""
+
 
 class RayServeMetrics(ServeMetrics):
     def __init__(self, models: Iterable[str]) -> None:
-        from ray.util.metrics import Counter, Histogram
+        from ray.util.metrics import Counter, Gauge, Histogram
 
         self._models = set(models)
         tags = ("model",)
@@ -46,6 +49,12 @@ class RayServeMetrics(ServeMetrics):
             "eclip_queue_time_ms", "Time a request waited for its batch (ms)", LATENCY_MS_BOUNDARIES, tags
         )
         self._batch = Histogram("eclip_batch_size", "Rows per batch sent to a GPU actor", BATCH_BOUNDARIES, tags)
+        self._feasible = Gauge(
+            "eclip_slo_feasible", "1 if the model meets its SLO alone on its GPU, 0 if it cannot", tag_keys=tags
+        )
+        self._solo = Gauge(
+            "eclip_solo_latency_ms", "The model's run time alone at its smallest batch (ms)", tag_keys=tags
+        )
 
     def _tags(self, model: str) -> dict[str, str]:
         return {"model": model if model in self._models else UNKNOWN}
@@ -65,3 +74,7 @@ class RayServeMetrics(ServeMetrics):
 
     def batch(self, model: str, rows: int) -> None:
         self._batch.observe(rows, tags=self._tags(model))
+
+    def slo(self, model: str, solo_ms: float, feasible: bool) -> None:
+        self._solo.set(solo_ms, tags=self._tags(model))
+        self._feasible.set(1.0 if feasible else 0.0, tags=self._tags(model))
