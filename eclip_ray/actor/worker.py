@@ -55,7 +55,7 @@ from eclip_ray.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _ENERGY_WINDOW = "eclip_ray.actor"
-SOLO_RUNS = 3  # timed runs (after one warm-up) of each model alone at start, for the front's SLO check
+SOLO_RUNS = 5  # timed runs (after one warm-up) of each model alone at start, for the front's SLO check
 RUNNING_PER_MODEL = 2  # batches of one model on the device at once: one running, the next queued behind it
 
 
@@ -68,7 +68,7 @@ class _Served:
     outputs: tuple[TensorSpec, ...]
     out_dtypes: tuple[torch.dtype, ...]
     copy_stream: torch.cuda.Stream | None = None
-    solo_ms: float | None = None  # median run of the smallest captured batch size, alone, at start
+    solo_ms: float | None = None  # fastest run of the smallest captured batch size, alone, at start
     inferences: int = 0
     batches: int = 0
     seconds: float = 0.0
@@ -414,7 +414,9 @@ def _read_only_view(a: np.ndarray) -> torch.Tensor:
 
 
 def _solo_ms(served: _Served) -> float:
-    """The median wall time (ms) of the model alone at its smallest captured batch size, host to host."""
+    """The fastest wall time (ms) of the model alone at its smallest captured batch size, host to host: the best
+    the hardware does, so that an SLO is called unreachable only when even that misses it (on shared CPUs a run
+    can wait a scheduler time slice for one of its threads)."""
     rows = min(served.spec.captured_sizes())
     example = [[t.cpu()] for t in served.runner.example_inputs(rows)]
     runs = []
@@ -422,7 +424,7 @@ def _solo_ms(served: _Served) -> float:
         t0 = time.perf_counter()
         served.arrays(served.runner.run(example, WHOLE_PLAN))
         runs.append(1e3 * (time.perf_counter() - t0))
-    return round(float(np.median(runs[1:])), 3)
+    return round(min(runs[1:]), 3)
 
 
 async def _run(served: _Served, tensors: Sequence[Sequence[torch.Tensor]], plan: Plan) -> tuple[np.ndarray, ...]:

@@ -1,10 +1,12 @@
-"""End to end through real Ray Serve on the CPU backend: tritonclient.http and plain HTTP, JSON and binary.
+"""End to end through real Ray Serve on the CPU backend: tritonclient.http and .grpc, plain HTTP, JSON and binary.
 
-One application for the module: two logical GPUs (CPU backend, ``num_gpus=0``
-actors), tiny-cnn replicated on both, tiny-bert on one and a ResNet-18 with a
-short queue ("flood") on the other, and a TinyCNN exported to ONNX ("onnx-cnn",
-loaded from ``allowed_model_dirs``, run by onnxruntime) beside tiny-bert. The last test kills
-a GPU actor and watches requests fail fast with 503 and recover by themselves.
+One application for the module, behind Serve's HTTP and gRPC proxies: two
+logical GPUs (CPU backend, ``num_gpus=0`` actors), tiny-cnn replicated on both,
+tiny-bert on one and a ResNet-18 with a short queue ("flood") on the other, a
+TinyCNN exported to ONNX ("onnx-cnn", loaded from ``allowed_model_dirs``, run by
+onnxruntime) beside tiny-bert, tiny-cnn taking UINT8 images ("cnn-u8") and
+tiny-cnn with an SLO no hardware meets ("strict"). The last test kills a GPU
+actor and watches requests fail fast with 503 and recover by themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from onnx_export import export_zoo  # noqa: E402
 
@@ -41,6 +44,15 @@ CONFIG = {
         {"name": "tiny-bert", "max_batch_size": 4, "batch_wait_timeout_s": 0.002, "slo_ms": 5000},
         # to be flooded: a short queue before a model slow enough on a CPU (~40 ms a row) to fill it
         {"name": "flood", "loader": "resnet18", "max_batch_size": 1, "batch_wait_timeout_s": 0, "max_queue_size": 2},
+        # images as bytes, normalised on the device: the same answers as tiny-cnn on the normalised floats
+        {
+            "name": "cnn-u8",
+            "loader": "tiny-cnn",
+            "max_batch_size": 4,
+            "inputs": [{"name": "input", "datatype": "UINT8", "shape": [3, 32, 32], "normalize": {}}],
+        },
+        # an SLO of 1 us: no hardware meets it, so it is reported and refuses nothing
+        {"name": "strict", "loader": "tiny-cnn", "max_batch_size": 2, "slo_ms": 0.001},
     ],
     "limits": {"request_timeout_s": 20, "retry_after_s": 1, "max_request_bytes": 1 << 20},
 }
@@ -53,6 +65,7 @@ class Server:
     url: str
     host_port: str
     metrics_url: str
+    grpc: str
 
 
 def _free_port() -> int:
@@ -88,11 +101,14 @@ def onnx_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(onnx_file):
-    http_port, metrics_port = _free_port(), _free_port()
+    http_port, metrics_port, grpc_port = _free_port(), _free_port(), _free_port()
     config = {
         **CONFIG,
         "models": [*CONFIG["models"], {"name": ONNX_MODEL, "loader": f"onnx:{onnx_file}", "max_batch_size": 4}],
         "allowed_model_dirs": [str(onnx_file.parent)],
+        "port": http_port,
+        "grpc_port": grpc_port,
+        "front": "proxy",
     }
     ray.init(
         address="local",
@@ -102,11 +118,12 @@ def server(onnx_file):
         _system_config={"metrics_report_interval_ms": 1000},
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.start(**AppConfig.model_validate(config).serve_options())
         serve.run(build_app(config), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{http_port}"
         _wait_ready(url, 120)
-        yield Server(url, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield Server(url, f"127.0.0.1:{http_port}", metrics, f"127.0.0.1:{grpc_port}")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -134,6 +151,70 @@ def test_tritonclient_health_metadata_and_binary_inference(server):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     gpus = client.get_inference_statistics("tiny-cnn")["model_stats"][0]["gpus"]
     assert sorted(g["gpu"] for g in gpus) == [0, 1] and all(g["inferences"] > 0 for g in gpus)
+
+
+def test_tritonclient_grpc_health_metadata_inference_and_statistics(server):
+    client = grpcclient.InferenceServerClient(url=server.grpc)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny-cnn")
+    assert "binary_tensor_data" in client.get_server_metadata(as_json=True)["extensions"]
+    meta = client.get_model_metadata("tiny-bert", as_json=True)
+    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": ["-1", "16"]}]
+    before = client.get_inference_statistics("tiny-bert", as_json=True)["model_stats"][0]
+    inp = grpcclient.InferInput("input_ids", list(IDS.shape), "INT64")
+    inp.set_data_from_numpy(IDS)
+    out = client.infer("tiny-bert", [inp], outputs=[grpcclient.InferRequestedOutput("output0")])
+    np.testing.assert_allclose(out.as_numpy("output0"), reference("tiny-bert", IDS), rtol=1e-4, atol=1e-5)
+    after = client.get_inference_statistics("tiny-bert", as_json=True)["model_stats"][0]
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == len(IDS)
+
+
+def test_tritonclient_grpc_sees_the_errors_as_status_codes(server):
+    client = grpcclient.InferenceServerClient(url=server.grpc)
+    inp = grpcclient.InferInput("input", [1, 3, 16, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 3, 16, 16), "f4"))
+    with pytest.raises(grpcclient.InferenceServerException) as e:
+        client.infer("tiny-cnn", [inp])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "the model takes [-1, 3, 32, 32]" in e.value.message()
+    with pytest.raises(grpcclient.InferenceServerException) as e:
+        client.infer("resnet9", [inp])
+    assert e.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'resnet9'" in e.value.message()
+    with pytest.raises(grpcclient.InferenceServerException, match="NOT_FOUND"):
+        client.is_model_ready("resnet9")
+    good = grpcclient.InferInput("input", list(IMG.shape), "FP32")
+    good.set_data_from_numpy(IMG)
+    assert client.infer("tiny-cnn", [good]).as_numpy("output0").shape == (2, 10)  # it serves on
+
+
+def test_uint8_images_give_what_fp32_normalised_images_give(server):
+    images = np.random.default_rng(3).integers(0, 256, (2, 3, 32, 32)).astype("u1")
+    mean, std = (np.array(v, "f4").reshape(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    floats = ((images.astype("f4") / 255 - mean) / std).astype("f4")
+    client = httpclient.InferenceServerClient(url=server.host_port)
+    inp = httpclient.InferInput("input", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    got = client.infer("cnn-u8", [inp]).as_numpy("output0")
+    np.testing.assert_allclose(got, reference("tiny-cnn", floats), rtol=1e-4, atol=1e-5)
+    assert client.get_model_metadata("cnn-u8")["inputs"][0]["datatype"] == "UINT8"
+
+
+def test_an_slo_no_hardware_meets_is_reported_and_refuses_no_request(server):
+    ready = httpx.get(f"{server.url}/v2/models/strict/ready", timeout=10).json()
+    assert ready["slo"]["feasible"] is False and ready["slo"]["solo_ms"] > 0.001
+    assert "cannot be met on this hardware" in ready["warning"]
+    assert any("model 'strict'" in w for w in httpx.get(f"{server.url}/v2/health/ready", timeout=10).json()["warnings"])
+    meta = httpx.get(f"{server.url}/v2/models/strict", timeout=10).json()
+    assert meta["parameters"]["slo"]["feasible"] is False
+    with ThreadPoolExecutor(8) as pool:  # concurrent, so most wait behind others: none is refused for the SLO
+        codes = list(pool.map(lambda _: _infer(server, "strict", "input", IMG[:1]).status_code, range(8)))
+    assert codes == [200] * 8
+
+
+def test_the_ingress_replicas_never_import_torch(server):
+    ingress = serve.get_deployment_handle("ingress", app_name=APP)
+    process = ingress.process.remote().result(timeout_s=30)
+    assert process["torch"] is False, process  # and the libraries are not mapped either:
+    maps = open(f"/proc/{process['pid']}/maps").read()  # noqa: SIM115 - read once
+    assert "libtorch" not in maps and "libc10" not in maps
 
 
 def test_an_onnx_model_from_an_allowed_dir_answers_as_onnxruntime(server, onnx_file):
@@ -307,6 +388,7 @@ def test_metrics_reach_prometheus(server):
         "ray_eclip_queue_time_ms_bucket{",
         "ray_eclip_batch_size_bucket{",
         "ray_eclip_gpu_plan{",
+        "ray_eclip_slo_feasible{",
     ]
     deadline, text = time.monotonic() + 30, ""
     while time.monotonic() < deadline:
@@ -319,6 +401,7 @@ def test_metrics_reach_prometheus(server):
         assert any(line.startswith(w) for line in lines), f"{w} missing from {lines}"
     assert any('model="tiny-bert"' in line for line in lines if line.startswith("ray_eclip_requests_total"))
     assert any('plan="whole"' in line for line in lines if line.startswith("ray_eclip_gpu_plan{"))
+    assert any('model="strict"' in line and line.endswith(" 0.0") for line in lines if "eclip_slo_feasible{" in line)
     assert not any(line.startswith("ray_eclip_joules_per_inference") for line in lines)  # no energy on the CPU
 
 

@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import string
+import time
 
 import httpx
 import numpy as np
@@ -444,3 +445,127 @@ def test_each_ingress_replica_takes_its_share_of_the_front_bound(app_config):
     # default bound 4 x replicas x max_batch_size, split among 3 ingress replicas, rounded up
     assert {n: limit.ceiling for n, limit in limits.items()} == {"tiny-cnn": 6, "tiny-bert": 3, "broken": 2}
     assert {n: limit.target_s for n, limit in limits.items()} == {"tiny-cnn": None, "tiny-bert": 0.25, "broken": None}
+
+
+# -- admission is about waiting, not about the request's own work -------------------------------------------
+
+
+@sync
+async def test_an_idle_server_answers_a_request_whose_decoding_alone_outlasts_the_slo(app_config, worker, monkeypatch):
+    # As a large JSON body (a ResNet-50 image: 150-200 ms to parse on a CPU) on an idle server: decoding is the
+    # request's own work, not a wait that refusing it would shorten.
+    decode = codec.decode_request
+
+    def slow_decode(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        time.sleep(0.08)
+        out.decode_s += 0.08
+        return out
+
+    monkeypatch.setattr(codec, "decode_request", slow_decode)
+    models = [dataclasses.replace(m, slo_ms=20.0) if m.name == "tiny-cnn" else m for m in app_config.models]
+    ingress = ingress_of(app_config.model_copy(update={"models": models}), {0: worker})
+    async with client_of(ingress) as c:
+        for _ in range(3):
+            r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)], binary=False))
+            assert r.status_code == 200, r.text
+    assert ingress.models["tiny-cnn"].batcher.slo_feasible is True  # 20 ms is feasible for tiny-cnn alone
+    # and the front's admission limit was told the time without the decoding, as it would be without it:
+    gate = Gated("tiny-cnn")
+    gate.open.set()
+    fast = ingress_of(app_config.model_copy(update={"models": models}), {0: gate})
+    seen = []
+    monkeypatch.setattr(fast.models["tiny-cnn"].limit, "done", seen.append)
+    async with client_of(fast) as c:
+        t0 = time.perf_counter()
+        assert (await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)]))).status_code == 200
+        took = time.perf_counter() - t0
+    assert took >= 0.08 and seen[0] < took - 0.07
+
+
+@sync
+async def test_an_slo_the_model_misses_alone_is_reported_and_refuses_nothing(app_config, worker):
+    models = [dataclasses.replace(m, slo_ms=1e-4) if m.name == "tiny-cnn" else m for m in app_config.models]
+    ingress = ingress_of(app_config.model_copy(update={"models": models}), {0: worker})
+    async with client_of(ingress) as c:
+        state = (await c.get("/v2/models/tiny-cnn/ready")).json()
+        assert state["slo"]["feasible"] is False and "cannot be met on this hardware" in state["warning"]
+        assert state["slo"]["solo_ms"] == worker.ready()["models"]["tiny-cnn"]["solo_ms"]
+        meta = (await c.get("/v2/models/tiny-cnn")).json()
+        assert meta["parameters"]["slo"]["feasible"] is False and "slo_note" in meta["parameters"]
+        body = codec.encode_request([("input", IMG[:1])])
+        answers = await asyncio.gather(*(post(c, "tiny-cnn", *body) for _ in range(12)))
+        assert [r.status_code for r in answers] == [200] * 12  # queued behind each other, none refused
+        assert ingress.models["tiny-cnn"].limit.target_s is None  # nor does the front shrink for it
+
+
+# -- gRPC, in process ------------------------------------------------------------------------------------
+
+
+class Context:
+    """What Serve's RayServegRPCContext offers the ingress: a status code, details and trailing metadata."""
+
+    def __init__(self) -> None:
+        self.code = self.details = None
+        self.trailing: list = []
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.trailing = list(metadata)
+
+
+def _grpc_request(model: str, name: str, array: np.ndarray, raw: bytes | None = None, datatype: str = "FP32"):
+    from eclip_ray.serve._private.grpc_codec import pb
+
+    req = pb().ModelInferRequest(model_name=model, id="g1")
+    tensor = req.inputs.add(name=name, datatype=datatype)
+    tensor.shape.extend(array.shape)
+    req.raw_input_contents.append(array.tobytes() if raw is None else raw)
+    return req
+
+
+@sync
+async def test_grpc_model_infer_answers_as_http_does_and_maps_errors_to_status_codes(app_config, worker):
+    import grpc
+
+    ingress = ingress_of(app_config, {0: worker}, retry_after_s=2)
+    response = await ingress.ModelInfer(_grpc_request("tiny-cnn", "input", IMG), Context())
+    assert response.id == "g1" and response.outputs[0].name == "output0" and list(response.outputs[0].shape) == [2, 10]
+    got = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 10)
+    async with client_of(ingress) as c:
+        r = await post(c, "tiny-cnn", *codec.encode_request([("input", IMG)], binary_output=True))
+        np.testing.assert_array_equal(got, codec.decode_response(r.content, int(r.headers[codec.HEADER]))[1]["output0"])
+    cases = [
+        (_grpc_request("nope", "input", IMG), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        (_grpc_request("tiny-cnn", "input", IMG, raw=b"123"), grpc.StatusCode.INVALID_ARGUMENT, "3 raw bytes"),
+        (_grpc_request("tiny-cnn", "image", IMG), grpc.StatusCode.INVALID_ARGUMENT, "has no input named ['image']"),
+        (_grpc_request("tiny-cnn", "input", IMG, datatype="BYTES"), grpc.StatusCode.INVALID_ARGUMENT, "BYTES"),
+    ]
+    for req, code, words in cases:
+        ctx = Context()
+        await ingress.ModelInfer(req, ctx)
+        assert ctx.code == code and words in ctx.details, (ctx.code, ctx.details)
+    silent = ingress_of(app_config, {0: Silent()}, request_timeout_s=0.2, retry_after_s=2)
+    ctx = Context()
+    await silent.ModelInfer(_grpc_request("tiny-cnn", "input", IMG), ctx)
+    assert ctx.code == grpc.StatusCode.UNAVAILABLE and ctx.trailing == [("retry-after", "2")]
+
+
+@sync
+async def test_grpc_health_metadata_and_statistics(app_config, worker):
+    from eclip_ray.serve._private.grpc_codec import pb
+
+    ingress = ingress_of(app_config, {0: worker})
+    assert (await ingress.ServerLive(pb().ServerLiveRequest())).live
+    assert not (await ingress.ServerReady(pb().ServerReadyRequest())).ready  # "broken" has no actor
+    assert (await ingress.ModelReady(pb().ModelReadyRequest(name="tiny-cnn"), Context())).ready
+    meta = await ingress.ModelMetadata(pb().ModelMetadataRequest(name="tiny-bert"), Context())
+    assert meta.inputs[0].name == "input_ids" and list(meta.inputs[0].shape) == [-1, 16]
+    await ingress.ModelInfer(_grpc_request("tiny-cnn", "input", IMG), Context())
+    stats = await ingress.ModelStatistics(pb().ModelStatisticsRequest(name="tiny-cnn"), Context())
+    assert stats.model_stats[0].name == "tiny-cnn" and stats.model_stats[0].inference_stats.success.count == 1

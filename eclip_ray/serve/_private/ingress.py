@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -232,6 +233,10 @@ class Ingress:
             return grpc_codec.pb().ModelInferResponse()  # the status is on the context
 
     # -- health, metadata, statistics -------------------------------------------------------
+
+    def process(self) -> dict[str, Any]:
+        """This replica's process id and whether torch is loaded in it (it should never be)."""
+        return {"pid": os.getpid(), "torch": "torch" in sys.modules}
 
     async def server_ready(self) -> Response:
         states = await asyncio.gather(*(m.ready() for m in self.models.values()))

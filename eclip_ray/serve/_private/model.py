@@ -11,8 +11,9 @@ At start (and on every readiness check) the front learns from the actors how
 long the model takes alone at its smallest batch size. An SLO under that time
 cannot be met on this hardware: the front logs a warning, sets the
 ``eclip_slo_feasible`` metric to 0, says so in the model's ready state and
-metadata, and stops refusing the model's requests for the SLO (the queue
-bounds still apply), instead of refusing all of them.
+metadata, and stops refusing the model's requests for the SLO, in the batcher
+and in the front's admission limit (the queue bounds still apply), instead of
+refusing all of them.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ class ModelFront:
         )
         # This replica's share of the model's front bound; for a model with an SLO, also no more than the front
         # gets through within its share of the SLO (admission.py).
-        target = limits.front_slo_share * model.slo_ms / 1e3 if model.slo_ms else None
-        self.limit = FrontLimit(math.ceil(model.front_bound() / ingress_replicas), target)
+        self._front_target_s = limits.front_slo_share * model.slo_ms / 1e3 if model.slo_ms else None
+        self.limit = FrontLimit(math.ceil(model.front_bound() / ingress_replicas), self._front_target_s)
         self.stats = ModelStats(model.name)
         self.outputs: list[dict] | None = None
         self.solo_ms: float | None = None
@@ -188,6 +189,7 @@ class ModelFront:
         self.solo_ms = solo_ms
         self.slo_note = slo_problem(self.cfg, solo_ms, rows)
         self.batcher.slo_feasible = self.slo_note is None
+        self.limit.target_s = self._front_target_s if self.batcher.slo_feasible else None  # no AIMD for it either
         self.metrics.slo(self.cfg.name, solo_ms, self.batcher.slo_feasible)
         if first and self.slo_note is not None:
             log.warning("%s", self.slo_note)
