@@ -15,12 +15,18 @@ the run, as does an accepted p99 over the model's SLO when ``--check`` is given.
 requests around the kill were answered and the time until the service recovered.
 
 Without ``--url`` the script starts its own local Ray and the application of
-``--config`` (default: ``--preset``, resnet18 on the CPU backend); with ``--url`` it loads an
-application already running (``--kill-actor-at`` then needs ``--ray-address``).
+``--config`` (default: ``--preset``, resnet18 on the CPU backend), behind the
+front ``--front`` (Serve's proxy, HAProxy or direct ingress: a setting of the Ray
+it starts); with ``--url`` it loads an application already running
+(``--kill-actor-at`` then needs ``--ray-address``). The model's Triton statistics
+before and after the open loop give the batches that ran on the device and their
+mean size, to compare how batches form with one ingress replica and with several.
 
     python benchmarks/serve_load.py --duration-s 20 --out benchmarks/results/cpu/load_2x.json
     python benchmarks/serve_load.py --load-factor 1 --duration-s 20 --kill-actor-at 3 --no-slo-check \\
         --out benchmarks/results/cpu/kill_recovery.json
+    python benchmarks/serve_load.py --preset tiny-cnn --front haproxy --ingress-replicas 2 --load-factor 1 \\
+        --no-slo-check --out /tmp/haproxy.json
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -107,8 +115,11 @@ def target_for(url: str, model: ModelConfig, rows: int = 1, seed: int = 0) -> Ta
     rng = np.random.default_rng(seed)
     arrays = []
     for t in model.inputs or ():
-        dtype = np_dtype(t.datatype)
-        data = rng.standard_normal((rows, *t.shape)) if dtype.kind == "f" else np.zeros((rows, *t.shape))
+        dtype, shape = np_dtype(t.datatype), (rows, *t.shape)
+        if dtype.kind == "f":
+            data = rng.standard_normal(shape)
+        else:  # zeros are valid token ids; bytes for images
+            data = rng.integers(0, 256, shape) if t.datatype == "UINT8" else np.zeros(shape)
         arrays.append((t.name, data.astype(dtype)))
     body, json_length = codec.encode_request(arrays)
     return Target(url, model.name, body, {codec.HEADER: str(json_length)}, model.slo_ms)
@@ -338,6 +349,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A replica of a direct-ingress front (HAProxy) drains for 30 s before it stops, so that a load balancer stops
+# sending it requests first; a benchmark's app on one machine stops at once.
+BENCH_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 @contextlib.contextmanager
 def local_app(
     config: Mapping[str, Any],
@@ -345,8 +361,9 @@ def local_app(
     ready_timeout_s: float = 180.0,
     ready_models: Sequence[str] | None = None,
 ) -> Iterator[str]:
-    """A local Ray instance serving ``config`` on a free port, as application ``APP``; yields its URL once
-    every model (or those of ``ready_models``) is ready."""
+    """A local Ray instance serving ``config`` on a free port, as application ``APP``, behind the config's front
+    (set in this process's environment before Ray starts); yields its URL once every model (or those of
+    ``ready_models``) is ready."""
     import ray
     from ray import serve
 
@@ -354,10 +371,11 @@ def local_app(
     from eclip_ray.serve.cli import wait_ready
 
     port = free_port()
+    cfg = AppConfig.model_validate(config)
+    os.environ.update({**BENCH_ENV, **front_env(cfg)})
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        http = AppConfig.model_validate(config).http_options()
-        serve.start(http_options={**http, "host": "127.0.0.1", "port": port})
+        serve.start(**serve_options(cfg, port))
         serve.run(build_app(config), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         for path in [f"/v2/models/{m}/ready" for m in ready_models] if ready_models else ["/v2/health/ready"]:
@@ -366,6 +384,44 @@ def local_app(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def front_env(cfg: AppConfig) -> dict[str, str]:
+    """The environment that selects the config's front (none for code from before fronts were a setting)."""
+    try:
+        from eclip_ray.serve.config import front_env as env
+    except ImportError:
+        return {}
+    return env(cfg.front)
+
+
+def serve_options(cfg: AppConfig, port: int) -> dict[str, Any]:
+    """``serve.start``'s options for ``cfg`` on 127.0.0.1:``port``, its gRPC endpoint on a free port."""
+    http = {**cfg.http_options(), "host": "127.0.0.1", "port": port}
+    if not hasattr(cfg, "serve_options"):  # code from before gRPC
+        return {"http_options": http}
+    options = cfg.model_copy(update={"grpc_port": free_port()}).serve_options()
+    return {**options, "http_options": http}
+
+
+def model_stats(url: str, model: str) -> dict[str, Any] | None:
+    """The model's Triton statistics (None if the server does not answer them)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=30) as r:
+            return json.loads(r.read())["model_stats"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def batching(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Batches that ran between two statistics readings, the rows they held, and the mean rows per batch."""
+    if not before or not after:
+        return None
+    rows = after["inference_count"] - before["inference_count"]
+    batches = after["execution_count"] - before["execution_count"]
+    return {"rows": rows, "batches": batches, "mean_rows": rows / batches if batches else None}
 
 
 def gpu_actor(gpu: int = 0, app: str = APP):
@@ -413,14 +469,21 @@ def command_of(argv: Sequence[str]) -> str:
     return "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]])
 
 
+def _model_settings(cfg: Any) -> dict[str, Any]:
+    fields = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dataclasses.asdict(cfg)
+    inputs = [{k: t[k] for k in ("name", "datatype", "shape")} for t in fields.pop("inputs", None) or ()]
+    fields.pop("outputs", None)
+    return {**{k: v for k, v in fields.items() if v is not None}, "input_datatypes": [t["datatype"] for t in inputs]}
+
+
 def header(argv: Sequence[str], config: AppConfig, model: str) -> dict[str, Any]:
-    cfg = config.model(model)
     return {
         "command": command_of(argv),
         "date": results.now_iso(),
         "machine": machine(),
         "backend": config.backend,
-        "model": cfg.model_dump(mode="json", exclude={"inputs", "outputs"}, exclude_none=True),
+        "front": getattr(config, "front", "proxy"),
+        "model": _model_settings(config.model(model)),
         "limits": config.limits.model_dump(mode="json"),
         "ingress_replicas": config.ingress_count(),
     }
@@ -459,7 +522,9 @@ def run_load(url: str, config: AppConfig, s: Settings, app: str = APP) -> dict[s
     events = {}
     if s.kill_actor_at_s is not None:
         events[s.kill_actor_at_s] = lambda: kill_gpu_actor(s.kill_gpu, app)
+    before = model_stats(url, model.name)
     answers, happened = asyncio.run(open_loop(target, rate, s.duration_s, s.seed, s.timeout_s, events))
+    out["batching"] = batching(before, model_stats(url, model.name))
     out["open_loop"] = {
         "load_factor": s.load_factor,
         "rate_rps": rate,
@@ -505,6 +570,31 @@ def client_timeout_s(config: AppConfig, given: float | None) -> float:
     return given or config.http_options()["request_timeout_s"] + 5.0
 
 
+def adjusted(config: AppConfig, args: argparse.Namespace) -> AppConfig:
+    """``config`` with the command line's ingress replicas, front and UINT8 images."""
+    if args.ingress_replicas is not None:
+        config = config.model_copy(update={"ingress_replicas": args.ingress_replicas})
+    if args.front is not None:
+        config = config.model_copy(update={"front": args.front})
+    if args.uint8:
+        name = args.model or config.models[0].name
+        config = config.model_copy(update={"models": [uint8_images(m) if m.name == name else m for m in config.models]})
+    return config
+
+
+def uint8_images(model: ModelConfig) -> ModelConfig:
+    """``model`` taking each 3-channel float image input as UINT8, normalised on the device (ImageNet's mean/std)."""
+    from eclip_ray.serve.config import Normalize, TensorSpec
+
+    inputs = [
+        TensorSpec(t.name, "UINT8", t.shape, Normalize()) if t.datatype.startswith("FP") and t.shape[:1] == (3,) else t
+        for t in model.inputs
+    ]
+    if inputs == list(model.inputs):
+        raise SystemExit(f"model {model.name!r} has no 3-channel float image input to take as UINT8")
+    return model.with_inputs(inputs)
+
+
 def config_of(path: Path | None, preset: str) -> AppConfig:
     if path is None:
         return AppConfig.model_validate(PRESETS[preset]).resolved()
@@ -534,15 +624,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-gpu", type=int, default=0, help="which GPU actor --kill-actor-at kills")
     p.add_argument("--no-slo-check", action="store_true", help="do not fail the run for an accepted p99 over the SLO")
     p.add_argument("--ingress-replicas", type=int, help="override the config's ingress_replicas")
+    p.add_argument("--front", choices=["proxy", "haproxy", "direct"], help="override the config's front")
+    p.add_argument("--uint8", action="store_true", help="the model takes its images as UINT8, normalised on the device")
     p.add_argument("--out", type=Path, help="write the result JSON here")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config = config_of(args.config, args.preset)
-    if args.ingress_replicas is not None:
-        config = config.model_copy(update={"ingress_replicas": args.ingress_replicas})
+    config = adjusted(config_of(args.config, args.preset), args)
     s = Settings(
         **{k: getattr(args, k) for k in ("model", "rows", "concurrency", "capacity_s", "load_factor", "duration_s")},
         seed=args.seed,
@@ -573,6 +663,8 @@ def _print(doc: Mapping[str, Any]) -> None:
     o = doc["open_loop"]
     if "capacity" in doc:
         print(f"capacity: {doc['capacity']['capacity_rps']:.1f} req/s ({doc['capacity']['concurrency']} clients)")
+    if doc.get("batching"):
+        print(f"batches on the device: {doc['batching']['batches']}, mean rows {doc['batching']['mean_rows']}")
     lat = o["accepted_latency_ms"] or {}
     print(
         f"open loop {o['load_factor']:g}x = {o['rate_rps']:.1f} req/s for {o['duration_s']:g} s: sent {o['sent']}, "

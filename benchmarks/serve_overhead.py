@@ -9,6 +9,7 @@ over ``--duration-s`` after ``--warmup-s`` of the same load:
     actor        await actor.infer.remote(...): a Ray handle call to the per-GPU actor
     http-binary  the Serve application over HTTP, KServe v2 with the binary tensor extension
     http-json    the same with JSON tensors (inputs and outputs)
+    grpc         the same application over gRPC (tritonclient.grpc, raw tensor contents)
 
 Each layer's overhead is its latency minus the previous layer's (ms per request, at p50 and at
 the mean time per request, clients / rps). The HTTP paths use tritonclient.http when it is
@@ -20,13 +21,17 @@ policy), and SLO admission is off.
     python benchmarks/serve_overhead.py --models tiny-cnn tiny-bert --duration-s 3 --out /tmp/overhead.json
     python benchmarks/serve_overhead.py --backend cpu --out benchmarks/results/cpu/serve_overhead.json
 
-The JSON records the command, the machine, the versions and the command line to run on a GPU.
+``--front`` puts the application behind Serve's HTTP proxy (default), HAProxy or
+direct ingress (a setting of the local Ray this starts); ``--uint8`` sends image
+models' inputs as UINT8, normalised on the device. The JSON records the command,
+the machine, the versions and the command line to run on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -45,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-PATHS = ("executor", "worker", "actor", "http-binary", "http-json")
+PATHS = ("executor", "worker", "actor", "http-binary", "http-json", "grpc")
+HTTP_PATHS = ("http-binary", "http-json", "grpc")
 EXAMPLE = Path(__file__).resolve().parents[1] / "deployments" / "example.yaml"
 APP = "eclip-overhead"
 
@@ -179,24 +185,41 @@ def app_config(models: Sequence[str], batch_sizes: Sequence[int], backend: str, 
     for name in models:
         m = example.get(name) or ModelConfig(name=name)
         chosen.append(
-            m.model_copy(
-                update={
-                    "max_batch_size": max(m.max_batch_size, biggest),
-                    "batch_sizes": sorted({*m.captured_sizes(), *batch_sizes}),
-                    "batch_wait_timeout_s": batch_wait_s,
-                }
+            dataclasses.replace(
+                m,
+                max_batch_size=max(m.max_batch_size, biggest),
+                batch_sizes=tuple(sorted({*m.captured_sizes(), *batch_sizes})),
+                batch_wait_timeout_s=batch_wait_s,
             )
         )
     config = AppConfig(models=chosen, gpus=1, backend=backend, port=port, limits={"reject_over_slo": False})
     return config.resolved()
 
 
+def with_front(config, front: str, uint8: bool, grpc_port: int):
+    """``config`` behind ``front``, with its gRPC endpoint on ``grpc_port`` and, with ``uint8``, image inputs as
+    UINT8 normalised on the device."""
+    config = config.model_copy(update={"front": front, "grpc_port": grpc_port})
+    if uint8:
+        from serve_load import uint8_images
+
+        models = [uint8_images(m) if any(t.shape[:1] == (3,) for t in m.inputs) else m for m in config.models]
+        config = config.model_copy(update={"models": models})
+    return config
+
+
 def request_arrays(config, model: str, rows: int) -> list[np.ndarray]:
-    """One request of ``rows`` rows for ``model``: the zoo's random inputs, as little-endian arrays."""
+    """One request of ``rows`` rows for ``model``: the zoo's random inputs (bytes for UINT8 inputs), as little-endian
+    arrays."""
     from eclip_ray.actor.loader import zoo_entry
 
-    entry = zoo_entry(config.model(model).served())
-    return [np.ascontiguousarray(t.numpy()) for t in entry.make_inputs(rows)]
+    m = config.model(model)
+    made = zoo_entry(m).make_inputs(rows)
+    rng = np.random.default_rng(0)
+    out = []
+    for t, x in zip(m.inputs, made, strict=True):
+        out.append(rng.integers(0, 256, tuple(x.shape), dtype=np.uint8) if t.datatype == "UINT8" else x.numpy())
+    return [np.ascontiguousarray(a) for a in out]
 
 
 def resolve_backend(backend: str) -> str:
@@ -220,13 +243,14 @@ def executor_paths(config, cases, backend: str, args) -> dict:
 
     out = {}
     with Runtime(backend, workers=len(config.models)) as rt:
-        runners = {m.name: rt.load(m.name, zoo_entry(m.served())) for m in config.models}
+        runners = {
+            m.name: rt.load(m.name, zoo_entry(m), normalize=[t.normalize for t in m.inputs]) for m in config.models
+        }
         for name, rows, arrays in cases:
             runner = runners[name]
             if runner.on_gpu:
                 runner.capture(WHOLE_PLAN, rows)
-            dtypes = [t.dtype for t in runner.example_inputs(1)]
-            tensors = tuple(torch.from_numpy(a).to(dt) for a, dt in zip(arrays, dtypes, strict=True))
+            tensors = tuple(torch.from_numpy(a).to(dt) for a, dt in zip(arrays, runner.input_dtypes, strict=True))
 
             def call(runner=runner, tensors=tensors) -> None:
                 for o in runner.submit(tensors, WHOLE_PLAN).result():
@@ -240,7 +264,7 @@ def worker_paths(config, cases, backend: str, args) -> dict:
     """``worker`` per case: GpuWorker in this process, its ``infer`` awaited on one event loop."""
     from eclip_ray.actor.worker import GpuWorker
 
-    worker = GpuWorker([m.served() for m in config.models], backend=backend)
+    worker = GpuWorker(config.models, backend=backend)
     _check_loaded(worker.ready())
 
     async def run_all() -> dict:
@@ -266,7 +290,7 @@ def actor_paths(config, cases, backend: str, args) -> dict:
     from eclip_ray.actor.remote import worker_class
 
     cls = worker_class(1.0 if backend == "cuda" else 0.0, config.actor_num_cpus, max_restarts=0)
-    actor = cls.remote(models=[m.served() for m in config.models], backend=backend)
+    actor = cls.remote(models=config.models, backend=backend)
     try:
         _check_loaded(ray.get(actor.ready.remote()))
 
@@ -286,20 +310,26 @@ def actor_paths(config, cases, backend: str, args) -> dict:
 
 
 def http_paths(config, cases, args) -> dict:
-    """``http-binary`` and ``http-json`` per case through the Serve application on a local port."""
+    """``http-binary``, ``http-json`` and ``grpc`` per case through the Serve application on a local port."""
     from ray import serve
 
     from eclip_ray.serve import build_app
 
     url = f"http://127.0.0.1:{config.port}"
-    serve.start(http_options={**config.http_options(), "host": "127.0.0.1"})
+    serve.start(**{**config.serve_options(), "http_options": {**config.http_options(), "host": "127.0.0.1"}})
     serve.run(build_app(config), name=APP, route_prefix="/")
     try:
         _wait_ready(url, args.ready_timeout_s)
         out = {}
         for name, rows, arrays in cases:
-            for path, binary in (("http-binary", True), ("http-json", False)):
-                make = _client_factory(args.http_client, url, name, config.model(name), arrays, binary)
+            for path in HTTP_PATHS:
+                if path not in args.paths:
+                    continue
+                if path == "grpc":
+                    make = _grpc_factory(f"127.0.0.1:{config.grpc_port}", name, config.model(name), arrays)
+                else:
+                    binary = path == "http-binary"
+                    make = _client_factory(args.http_client, url, name, config.model(name), arrays, binary)
                 out[(name, rows, path)] = _measured(path, name, rows, _threaded(make, args))
         return out
     finally:
@@ -356,6 +386,28 @@ def _client_factory(kind: str, url: str, model: str, cfg, arrays: Sequence[np.nd
         return send
 
     return make_requests
+
+
+def _grpc_factory(address: str, model: str, cfg, arrays: Sequence[np.ndarray]):
+    """``send()`` makers for tritonclient.grpc: raw tensor contents both ways."""
+    import tritonclient.grpc as grpcclient
+
+    def make_grpc() -> Callable[[], object]:
+        client = grpcclient.InferenceServerClient(url=address)
+        outputs = [grpcclient.InferRequestedOutput(o.name) for o in client.get_model_metadata(model).outputs]
+
+        def send() -> object:
+            inputs = []
+            for spec, a in zip(cfg.inputs, arrays, strict=True):
+                inp = grpcclient.InferInput(spec.name, list(a.shape), spec.datatype)
+                inp.set_data_from_numpy(a)
+                inputs.append(inp)
+            result = client.infer(model, inputs, outputs=outputs)
+            return [result.as_numpy(o.name()) for o in outputs]
+
+        return send
+
+    return make_grpc
 
 
 _OUTPUTS: dict[tuple[str, bool], list] = {}
@@ -458,21 +510,25 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     torch.set_num_threads(args.cpu_threads)
     backend = resolve_backend(args.backend)
     config = app_config(args.models, args.batch_sizes, backend, args.batch_wait_ms / 1e3, args.port or _free_port())
+    config = with_front(config, args.front, args.uint8, _free_port())
     cases = [(m, rows, request_arrays(config, m, rows)) for m in args.models for rows in args.batch_sizes]
     found: dict = {}
     if "executor" in args.paths:
         found |= {(*k, "executor"): v for k, v in executor_paths(config, cases, backend, args).items()}
     if "worker" in args.paths:
         found |= {(*k, "worker"): v for k, v in worker_paths(config, cases, backend, args).items()}
-    if {"actor", "http-binary", "http-json"} & set(args.paths):
+    if {"actor", *HTTP_PATHS} & set(args.paths):
         import ray
 
+        from eclip_ray.serve.config import front_env
+
+        os.environ.update({**front_env(config.front), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"})
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         try:
             if "actor" in args.paths:
                 found |= {(*k, "actor"): v for k, v in actor_paths(config, cases, backend, args).items()}
-            if {"http-binary", "http-json"} & set(args.paths):
-                found |= {k: v for k, v in http_paths(config, cases, args).items() if k[2] in args.paths}
+            if set(HTTP_PATHS) & set(args.paths):
+                found |= http_paths(config, cases, args)
         finally:
             from ray import serve
 
@@ -496,6 +552,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             "batch_wait_ms": args.batch_wait_ms,
             "cpu_threads": args.cpu_threads,
             "http_client": args.http_client,
+            "front": args.front,
+            "uint8": args.uint8,
         },
         "gpu_command": gpu_command(args),
         "results": results,
@@ -541,6 +599,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu-threads", type=int, default=1, help="torch threads here and in the Ray actor")
     ap.add_argument("--http-client", choices=["tritonclient", "requests"], default=_default_client())
     ap.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
+    ap.add_argument("--front", choices=["proxy", "haproxy", "direct"], default="proxy", help="how HTTP gets in")
+    ap.add_argument("--uint8", action="store_true", help="image inputs as UINT8, normalised on the device")
     ap.add_argument("--ready-timeout-s", type=float, default=600.0)
     ap.add_argument("--out", type=Path, default=None, help="JSON result; a .md summary is written beside it")
     return ap

@@ -31,7 +31,7 @@ import serve_load
 
 from eclip_ray.bench import results
 
-ROLES = ("ServeReplica:", "ProxyActor", "GpuWorker")  # Ray's process titles: ray::<class>[.<method>]
+ROLES = ("ServeReplica:", "ProxyActor", "GpuActor")  # Ray's process titles: ray::<class>[.<method>]
 MB = 1 << 20
 
 

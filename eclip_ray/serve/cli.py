@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     local = "RAY_ADDRESS" not in os.environ
     if local:  # Serve reads its front from the environment of the processes the local Ray starts
         os.environ.update(front_env(cfg.front))
+        # With direct ingress a replica drains 30 s before it stops, for an outside load balancer; HAProxy here is
+        # reconfigured by Serve itself, so Ctrl-C need not wait that long.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(**({"_metrics_export_port": args.metrics_port} if local else {}))
     try:

@@ -1,9 +1,11 @@
 """Overload and a GPU actor killed under load, through real Ray Serve on the CPU backend, with the open-loop
 load generator of ``benchmarks/serve_load.py``.
 
-One application: ``cnn`` (a ResNet-18, slow enough on two cores to be the bottleneck rather than the HTTP
-front, with an SLO of about twice the round trip of a batch of 4 while another runs) and ``bad``, whose
-factory builds no nn.Module, so it fails to load in the GPU actor while ``cnn`` serves.
+One application, behind HAProxy (``front: haproxy``: Ray's direct ingress, so this module covers the other
+front; ``test_serve_http.py`` runs behind Serve's proxy): ``cnn`` (a ResNet-18, slow enough on two cores to be
+the bottleneck rather than the HTTP front, with an SLO of about twice the round trip of a batch of 4 while
+another runs) and ``bad``, whose factory builds no nn.Module, so it fails to load in the GPU actor while
+``cnn`` serves.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CONFIG = {
         },
     ],
     "limits": {"request_timeout_s": 10, "retry_after_s": 1},
+    "front": "haproxy",  # set by serve_load.local_app before it starts Ray
 }
 TIMEOUT_S = 20  # client side: a request unanswered by then is lost
 
