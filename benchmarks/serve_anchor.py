@@ -134,9 +134,13 @@ def run(url: str, config: AppConfig, args: argparse.Namespace) -> dict[str, Any]
     timeout = serve_load.client_timeout_s(config, args.timeout_s)
     out: dict[str, Any] = {}
     if args.rate_rps is None:
-        out["capacity"] = asyncio.run(serve_load.closed_loop(target, args.concurrency, args.capacity_s, timeout))
-    rate = args.rate_rps or out["capacity"]["capacity_rps"]
-    answers, _ = asyncio.run(serve_load.open_loop(target, rate, args.duration_s, args.seed, timeout))
+        out["capacity"] = asyncio.run(
+            serve_load.closed_loop(target, args.concurrency, args.capacity_s, timeout, processes=args.client_processes)
+        )
+    rate = args.rate_rps or args.load_factor * out["capacity"]["capacity_rps"]
+    answers, _ = asyncio.run(
+        serve_load.open_loop(target, rate, args.duration_s, args.seed, timeout, processes=args.client_processes)
+    )
     out["open_loop"] = {
         "rate_rps": rate,
         "duration_s": args.duration_s,
@@ -156,10 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=4, help="clients of the closed loop that measures capacity")
     p.add_argument("--capacity-s", type=float, default=4.0)
-    p.add_argument("--rate-rps", type=float, help="the open loop's rate (default: the measured capacity)")
+    p.add_argument("--rate-rps", type=float, help="the open loop's rate (default: --load-factor x the capacity)")
+    p.add_argument("--load-factor", type=float, default=1.0, help="the open loop's rate as a multiple of the capacity")
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-cpus", type=int)
+    p.add_argument("--client-processes", type=int, default=1, help="processes the load generator runs in")
     serve_load.add_timeout_argument(p)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

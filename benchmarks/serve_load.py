@@ -190,17 +190,9 @@ def _session(timeout_s: float):
     )
 
 
-async def closed_loop(
-    target: Target,
-    concurrency: int,
-    duration_s: float,
-    timeout_s: float = 30.0,
-    warmup_s: float = 3.0,
-    backoff_s: float = 0.05,
-) -> dict[str, Any]:
-    """Capacity: ``concurrency`` clients each send the next request when the last is answered, for ``duration_s``
-    after ``warmup_s``; ``capacity_rps`` counts the requests answered 2xx per second of the window. A refused
-    client waits ``backoff_s`` first, so that a storm of refusals does not eat the capacity it measures."""
+async def _closed_answers(
+    target: Target, concurrency: int, duration_s: float, timeout_s: float, warmup_s: float, backoff_s: float
+) -> list[Answer]:
     async with _session(timeout_s) as session:
         t0 = time.perf_counter()
         start, end = t0 + warmup_s, t0 + warmup_s + duration_s
@@ -215,10 +207,37 @@ async def closed_loop(
                     await asyncio.sleep(backoff_s)
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
+    return answers
+
+
+def _closed_in_process(args: tuple) -> list[Answer]:
+    return asyncio.run(_closed_answers(*args))
+
+
+async def closed_loop(
+    target: Target,
+    concurrency: int,
+    duration_s: float,
+    timeout_s: float = 30.0,
+    warmup_s: float = 3.0,
+    backoff_s: float = 0.05,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """Capacity: ``concurrency`` clients each send the next request when the last is answered, for ``duration_s``
+    after ``warmup_s``; ``capacity_rps`` counts the requests answered 2xx per second of the window. A refused
+    client waits ``backoff_s`` first, so that a storm of refusals does not eat the capacity it measures. With
+    ``processes`` > 1 the clients are split among that many processes, so that one Python process's CPU does not
+    bound what is measured."""
+    if processes > 1:
+        shares = [(target, n, duration_s, timeout_s, warmup_s, backoff_s) for n in _split(concurrency, processes)]
+        answers = [a for part in await _in_processes(_closed_in_process, shares) for a in part]
+    else:
+        answers = await _closed_answers(target, concurrency, duration_s, timeout_s, warmup_s, backoff_s)
     accepted = [a for a in answers if a.kind == "accepted"]
     kinds = Counter(a.kind for a in answers)
     return {
         "concurrency": concurrency,
+        "processes": processes,
         "duration_s": duration_s,
         "warmup_s": warmup_s,
         "backoff_s": backoff_s,
@@ -228,6 +247,21 @@ async def closed_loop(
     }
 
 
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (i < n % parts) for i in range(parts) if n // parts + (i < n % parts)]
+
+
+async def _in_processes(fn: Callable, shares: Sequence[tuple]) -> list:
+    """``fn(share)`` for each share, each in a process of its own (spawned: no Ray state is inherited)."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, fn, share) for share in shares)))
+
+
 async def open_loop(
     target: Target,
     rate_rps: float,
@@ -235,13 +269,19 @@ async def open_loop(
     seed: int = 0,
     timeout_s: float = 30.0,
     events: Mapping[float, Callable[[], Any]] | None = None,
+    processes: int = 1,
 ) -> tuple[list[Answer], dict[str, float]]:
     """Poisson arrivals at ``rate_rps`` for ``duration_s``; each request is sent when due, answered or not.
 
     ``events`` maps a time (s from the start) to a function run then in a thread (e.g. killing an actor).
     Returns every request's answer, once all are in (each waits at most ``timeout_s``), and the time
-    (s from the start) each event's function returned.
+    (s from the start) each event's function returned. With ``processes`` > 1 (and no events), that many
+    processes each send a Poisson stream of ``rate_rps / processes`` (their sum is Poisson at ``rate_rps``).
     """
+    if processes > 1 and not events:
+        shares = [(target, rate_rps / processes, duration_s, seed * 1000 + i, timeout_s) for i in range(processes)]
+        parts = await _in_processes(_open_in_process, shares)
+        return [a for part in parts for a in part[0]], {}
     arrivals = poisson_arrivals(rate_rps, duration_s, np.random.default_rng(seed))
     happened: dict[str, float] = {}
     async with _session(timeout_s) as session:
@@ -263,6 +303,10 @@ async def open_loop(
         answers = await asyncio.gather(*tasks)
         await asyncio.gather(*side)
     return list(answers), happened
+
+
+def _open_in_process(args: tuple) -> tuple[list[Answer], dict[str, float]]:
+    return asyncio.run(open_loop(*args))
 
 
 def _latency_ms(answers: Sequence[Answer]) -> dict[str, float] | None:
@@ -352,6 +396,7 @@ def free_port() -> int:
 # A replica of a direct-ingress front (HAProxy) drains for 30 s before it stops, so that a load balancer stops
 # sending it requests first; a benchmark's app on one machine stops at once.
 BENCH_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+ENDPOINTS: dict[str, str] = {}  # "grpc": host:port of the local app's gRPC endpoint, once it runs
 
 
 @contextlib.contextmanager
@@ -400,7 +445,9 @@ def serve_options(cfg: AppConfig, port: int) -> dict[str, Any]:
     http = {**cfg.http_options(), "host": "127.0.0.1", "port": port}
     if not hasattr(cfg, "serve_options"):  # code from before gRPC
         return {"http_options": http}
-    options = cfg.model_copy(update={"grpc_port": free_port()}).serve_options()
+    grpc = free_port()
+    ENDPOINTS["grpc"] = f"127.0.0.1:{grpc}"
+    options = cfg.model_copy(update={"grpc_port": grpc}).serve_options()
     return {**options, "http_options": http}
 
 
@@ -486,6 +533,7 @@ def header(argv: Sequence[str], config: AppConfig, model: str) -> dict[str, Any]
         "model": _model_settings(config.model(model)),
         "limits": config.limits.model_dump(mode="json"),
         "ingress_replicas": config.ingress_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine
     }
 
 
@@ -505,25 +553,48 @@ class Settings:
     kill_actor_at_s: float | None = None
     kill_gpu: int = 0
     capacity_rps: float | None = None  # given: skip the closed loop
+    overhead_s: float = 0.0  # first, one client's requests back to back for this long, per overhead model
+    overhead_models: tuple[str, ...] = ()
+    grpc: str | None = None  # host:port of the gRPC endpoint, for the overhead phase
+    equal_rps: float | None = None  # after the loop at load_factor x capacity: one at this rate
+    soak_s: float = 0.0  # last: a steady loop at soak_factor x capacity for this long, memory sampled
+    soak_factor: float = 0.5
+    processes: int = 1  # client processes of the closed and open loops
+    also_capacity: tuple[str, ...] = ()  # more models whose capacity the closed loop measures, after the main one
 
 
-def run_load(url: str, config: AppConfig, s: Settings, app: str = APP) -> dict[str, Any]:
-    """Capacity (unless given), then the open loop at ``load_factor`` x capacity, optionally with a kill."""
+def run_load(
+    url: str, config: AppConfig, s: Settings, app: str = APP, checkpoint: Callable[[dict], None] = lambda _: None
+) -> dict[str, Any]:
+    """The phases of a run, each saved (``checkpoint``) as it ends: one client's latency (``overhead_s``),
+    capacity (unless given), the open loop at ``load_factor`` x capacity (optionally with a kill), one at
+    ``equal_rps``, and a soak."""
     model = config.model(s.model or config.models[0].name)
     target = target_for(url, model, s.rows, s.seed)
     out: dict[str, Any] = {}
+    if s.overhead_s:
+        out["overhead"] = {m: one_client(url, config.model(m), s) for m in s.overhead_models or (model.name,)}
+        checkpoint(out)
     capacity = s.capacity_rps
     if capacity is None:
-        out["capacity"] = asyncio.run(closed_loop(target, s.concurrency, s.capacity_s, s.timeout_s))
+        out["capacity"] = asyncio.run(
+            closed_loop(target, s.concurrency, s.capacity_s, s.timeout_s, processes=s.processes)
+        )
         capacity = out["capacity"]["capacity_rps"]
         if capacity <= 0:
             raise RuntimeError(f"model {model.name!r} answered no request in the closed loop: {out['capacity']}")
+        for other in s.also_capacity:
+            t = target_for(url, config.model(other), s.rows, s.seed)
+            out.setdefault("capacity_of", {})[other] = asyncio.run(
+                closed_loop(t, s.concurrency, s.capacity_s, s.timeout_s, processes=s.processes)
+            )
+        checkpoint(out)
     rate = s.load_factor * capacity
     events = {}
     if s.kill_actor_at_s is not None:
         events[s.kill_actor_at_s] = lambda: kill_gpu_actor(s.kill_gpu, app)
     before = model_stats(url, model.name)
-    answers, happened = asyncio.run(open_loop(target, rate, s.duration_s, s.seed, s.timeout_s, events))
+    answers, happened = asyncio.run(open_loop(target, rate, s.duration_s, s.seed, s.timeout_s, events, s.processes))
     out["batching"] = batching(before, model_stats(url, model.name))
     out["open_loop"] = {
         "load_factor": s.load_factor,
@@ -536,7 +607,81 @@ def run_load(url: str, config: AppConfig, s: Settings, app: str = APP) -> dict[s
     }
     if s.kill_actor_at_s is not None:
         out["kill"] = {"gpu": s.kill_gpu, **recovery(answers, happened[f"{s.kill_actor_at_s:g}"])}
+    checkpoint(out)
+    if s.equal_rps:
+        answers, _ = asyncio.run(
+            open_loop(target, s.equal_rps, s.duration_s, s.seed + 1, s.timeout_s, processes=s.processes)
+        )
+        out["equal_load"] = {
+            "rate_rps": s.equal_rps,
+            "duration_s": s.duration_s,
+            **summarize(answers, s.duration_s, model.slo_ms),
+        }
+        checkpoint(out)
+    if s.soak_s:
+        import serve_soak
+
+        rate = s.soak_factor * capacity
+        out["soak"] = serve_soak.soak(target, rate, s.soak_s, s.seed + 2, s.timeout_s, app, processes=s.processes)
+        checkpoint(out)
     return out
+
+
+def one_client(url: str, model: ModelConfig, s: Settings) -> dict[str, Any]:
+    """One client's requests of one row back to back, over HTTP (binary tensors) and gRPC: p50 and p99 (ms), after
+    a second of warm-up; and the model's run time alone as the GPU actor measured it at start."""
+    target = target_for(url, model, 1, s.seed)
+
+    async def http() -> list[float]:
+        async with _session(s.timeout_s) as session:
+            ms, end = [], time.perf_counter() + 1.0 + s.overhead_s
+            while time.perf_counter() < end:
+                a = await _send(session, target, Answer(0.0, 0.0), time.perf_counter())
+                if a.kind != "accepted":
+                    raise RuntimeError(f"model {model.name!r} answered {a.status}: {a.message}")
+                ms.append(1e3 * a.done_s)
+            return ms
+
+    out: dict[str, Any] = {"http_binary": _tail(asyncio.run(http()))}
+    if s.grpc:
+        out["grpc"] = _tail(_grpc_one_client(s.grpc, model, s))
+    out["solo"] = _solo(url, model.name)
+    return out
+
+
+def _tail(ms: Sequence[float]) -> dict[str, float]:
+    kept = ms[max(1, len(ms) // 10) :]  # the first tenth is warm-up
+    return {"requests": len(kept), "p50_ms": percentile(kept, 50), "p99_ms": percentile(kept, 99)}
+
+
+def _grpc_one_client(address: str, model: ModelConfig, s: Settings) -> list[float]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url=address)
+    rng = np.random.default_rng(s.seed)
+    inputs = []
+    for t in model.inputs:
+        dtype = np_dtype(t.datatype)
+        data = rng.standard_normal((1, *t.shape)) if dtype.kind == "f" else np.zeros((1, *t.shape))
+        inp = grpcclient.InferInput(t.name, [1, *t.shape], t.datatype)
+        inp.set_data_from_numpy(data.astype(dtype))
+        inputs.append(inp)
+    ms, end = [], time.perf_counter() + 1.0 + s.overhead_s
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        client.infer(model.name, inputs)
+        ms.append(1e3 * (time.perf_counter() - t0))
+    return ms
+
+
+def _solo(url: str, model: str) -> dict[str, Any] | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=30) as r:
+            return json.loads(r.read()).get("slo")
+    except (OSError, ValueError):
+        return None
 
 
 def verdict(result: Mapping[str, Any], check_slo: bool = True) -> list[str]:
@@ -550,6 +695,9 @@ def verdict(result: Mapping[str, Any], check_slo: bool = True) -> list[str]:
     p99 = (o["accepted_latency_ms"] or {}).get("p99")
     if check_slo and o["slo_ms"] and p99 is not None and p99 > o["slo_ms"]:
         problems.append(f"accepted p99 {p99:.1f} ms is over the SLO of {o['slo_ms']:g} ms")
+    soak = result.get("soak")
+    if soak is not None:
+        problems += soak["problems"]
     kill = result.get("kill")
     if kill is not None and kill["recovery_s"] is None:
         problems.append("the service did not recover after the kill" if kill["faults"] else "the kill caused no fault")
@@ -571,14 +719,18 @@ def client_timeout_s(config: AppConfig, given: float | None) -> float:
 
 
 def adjusted(config: AppConfig, args: argparse.Namespace) -> AppConfig:
-    """``config`` with the command line's ingress replicas, front and UINT8 images."""
+    """``config`` with the command line's ingress replicas, front and UINT8 images (instead of FP32, or a copy)."""
     if args.ingress_replicas is not None:
         config = config.model_copy(update={"ingress_replicas": args.ingress_replicas})
     if args.front is not None:
         config = config.model_copy(update={"front": args.front})
+    name = args.model or config.models[0].name
     if args.uint8:
-        name = args.model or config.models[0].name
         config = config.model_copy(update={"models": [uint8_images(m) if m.name == name else m for m in config.models]})
+    if args.uint8_copy:  # the same model (weights, loader) beside it, taking UINT8 images
+        m = config.model(name)
+        copy = dataclasses.replace(uint8_images(m), name=f"{name}-u8", loader=m.loader_name)
+        config = config.model_copy(update={"models": [*config.models, copy]})
     return config
 
 
@@ -625,6 +777,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-slo-check", action="store_true", help="do not fail the run for an accepted p99 over the SLO")
     p.add_argument("--ingress-replicas", type=int, help="override the config's ingress_replicas")
     p.add_argument("--front", choices=["proxy", "haproxy", "direct"], help="override the config's front")
+    p.add_argument("--overhead-s", type=float, default=0.0, help="first: one client's latency, this long per model")
+    p.add_argument("--overhead-models", nargs="+", default=(), help="models of the overhead phase (default: --model)")
+    p.add_argument("--grpc", help="with --url: host:port of the gRPC endpoint, for the overhead phase")
+    p.add_argument("--equal-rps", type=float, help="after the main loop: one at this rate (to compare servers)")
+    p.add_argument("--soak-s", type=float, default=0.0, help="last: a steady loop this long, memory sampled")
+    p.add_argument("--soak-factor", type=float, default=0.5, help="the soak's rate as a multiple of the capacity")
+    p.add_argument("--client-processes", type=int, default=1, help="processes the load generator runs in")
+    p.add_argument("--also-capacity", nargs="+", default=(), help="more models whose capacity to measure")
+    p.add_argument(
+        "--uint8-copy", action="store_true", help="add MODEL-u8: the model taking its images as UINT8 (same weights)"
+    )
     p.add_argument("--uint8", action="store_true", help="the model takes its images as UINT8, normalised on the device")
     p.add_argument("--out", type=Path, help="write the result JSON here")
     return p.parse_args(argv)
@@ -640,19 +803,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_actor_at_s=args.kill_actor_at_s,
         kill_gpu=args.kill_gpu,
         capacity_rps=args.capacity_rps,
+        overhead_s=args.overhead_s,
+        overhead_models=tuple(args.overhead_models),
+        grpc=args.grpc,
+        equal_rps=args.equal_rps,
+        soak_s=args.soak_s,
+        soak_factor=args.soak_factor,
+        processes=args.client_processes,
+        also_capacity=tuple(args.also_capacity),
     )
     doc = header(sys.argv if argv is None else ["serve_load.py", *argv], config, s.model or config.models[0].name)
+
+    def checkpoint(out: dict) -> None:  # each phase saved as it ends: a run cut short keeps what it measured
+        if args.out:
+            results.write({**doc, **out, "partial": True}, args.out)
+
     if args.url:
         if args.ray_address:
             import ray
 
             ray.init(address=args.ray_address)
-        doc.update(run_load(args.url, config, s, args.app))
+        doc.update(run_load(args.url, config, s, args.app, checkpoint))
     else:
         with local_app(config.model_dump(mode="json"), args.num_cpus) as url:
-            doc.update(run_load(url, config, s))
+            s.grpc = s.grpc or ENDPOINTS.get("grpc")
+            doc.update(run_load(url, config, s, checkpoint=checkpoint))
     doc["problems"] = verdict(doc, not args.no_slo_check)
     doc["passed"] = not doc["problems"]
+    doc["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.out:
         results.write(doc, args.out)
     _print(doc)
@@ -663,6 +841,12 @@ def _print(doc: Mapping[str, Any]) -> None:
     o = doc["open_loop"]
     if "capacity" in doc:
         print(f"capacity: {doc['capacity']['capacity_rps']:.1f} req/s ({doc['capacity']['concurrency']} clients)")
+    for m, one in (doc.get("overhead") or {}).items():
+        solo = (one.get("solo") or {}).get("solo_ms")
+        line = ", ".join(
+            f"{k} p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.2f} ms" for k, v in one.items() if k != "solo"
+        )
+        print(f"one client, {m}: {line}; alone on its GPU {solo} ms")
     if doc.get("batching"):
         print(f"batches on the device: {doc['batching']['batches']}, mean rows {doc['batching']['mean_rows']}")
     lat = o["accepted_latency_ms"] or {}
@@ -672,6 +856,14 @@ def _print(doc: Mapping[str, Any]) -> None:
         f"accepted p50 {lat.get('p50', float('nan')):.1f} ms, p99 {lat.get('p99', float('nan')):.1f} ms "
         f"(SLO {o['slo_ms']} ms, within: {o['accepted_within_slo']})"
     )
+    for key in ("equal_load", "soak"):
+        if key in doc:
+            e = doc[key] if key == "equal_load" else doc[key]["load"]
+            el = e["accepted_latency_ms"] or {}
+            print(
+                f"{key} {e['rate_rps']:.1f} req/s: sent {e['sent']}, accepted {e['accepted']}, lost {e['lost']}; "
+                f"p50 {el.get('p50', float('nan')):.1f} ms, p99 {el.get('p99', float('nan')):.1f} ms"
+            )
     if "kill" in doc:
         k = doc["kill"]
         print(f"kill at {k['kill_s']:.2f} s: {k['faults']} faults, recovered after {k['recovery_s']} s")

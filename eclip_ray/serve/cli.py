@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="how HTTP reaches the ingress replicas (default: the config's; set on the local Ray this starts)",
     )
     p.add_argument("--grpc-port", type=int, default=None, help="KServe v2 gRPC port (default: the config's, 9000)")
+    p.add_argument("--ingress-replicas", type=int, default=None, help="replicas of the front (default: the config's)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus export port (local Ray only)")
     p.add_argument("--ready-timeout-s", type=float, default=900.0, help="how long to wait for the models to load")
     p.set_defaults(func=run)
@@ -76,6 +77,7 @@ def app_config(args: argparse.Namespace):
         raise SystemExit(f"no config at {path}; pass --config PATH")
     cfg, entry = load_config(path)
     overrides = {"host": args.host, "port": args.port, "backend": args.backend, "front": args.front}
+    overrides["ingress_replicas"] = args.ingress_replicas
     if args.grpc_port is not None:
         overrides["grpc_port"] = args.grpc_port
     return cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None}).resolved(), entry

@@ -15,6 +15,7 @@ from eclip_ray.actor import GpuWorker, ModelConfig, ModelUnavailable, TensorSpec
 from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry, zoo_inputs
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label
+from eclip_ray.actor.spec import Normalize
 from eclip_ray.energy import EnergyMeter, Measurement
 from eclip_ray.graph import Plan
 from eclip_ray.partition.layout import DeviceGeometry, ladder
@@ -257,3 +258,42 @@ def test_ledger_says_nothing_for_an_unreliable_window():
     assert ledger.close(Measurement(0.2, 10.0, reliable=False)) == {}
     ledger.record("m", 4, 0.1, 66)
     assert ledger.close(Measurement(2.0, 10.0, reliable=True)) == {"m": 2.5}
+
+
+# -- UINT8 images, normalised in the runner's prologue --------------------------------------------------
+
+
+def _u8(name: str, loader: str, norm: Normalize, shape=(3, 32, 32)) -> ModelConfig:
+    return ModelConfig(name, loader, (TensorSpec("input", "UINT8", shape, norm),), max_batch_size=2)
+
+
+@sync
+async def test_uint8_images_answer_as_their_normalised_floats():
+    norm = Normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    w = GpuWorker([zoo("tiny-cnn"), _u8("cnn-u8", "tiny-cnn", norm)], backend="cpu")
+    try:
+        images = np.random.default_rng(4).integers(0, 256, (2, 3, 32, 32)).astype("u1")
+        mean, std = (np.array(v, "f4").reshape(1, 3, 1, 1) for v in (norm.mean, norm.std))
+        floats = ((images.astype("f4") * norm.scale - mean) / std).astype("f4")
+        got = await w.infer("cnn-u8", [images[:1]], [images[1:]])  # two requests' parts, joined once
+        want = await w.infer("tiny-cnn", [floats])
+        np.testing.assert_allclose(got.outputs[0], want.outputs[0], rtol=1e-4, atol=1e-5)
+        assert w.ready()["models"]["cnn-u8"]["inputs"] == [
+            {"name": "input", "datatype": "UINT8", "shape": [-1, 3, 32, 32]}
+        ]
+    finally:
+        w.close()
+
+
+def test_normalize_is_for_float_image_inputs_and_its_channels():
+    w = GpuWorker(
+        [_u8("bert-u8", "tiny-bert", Normalize(mean=(0.5,) * 16, std=(1.0,) * 16), shape=(16,))], backend="cpu"
+    )
+    try:
+        assert "normalize needs a float input" in w.failed["bert-u8"]
+    finally:
+        w.close()
+    with pytest.raises(ValueError, match="normalize has 3 channels; its shape"):
+        TensorSpec("input", "UINT8", (1, 32, 32), Normalize())
+    with pytest.raises(ValueError, match="normalize needs datatype UINT8"):
+        TensorSpec("input", "FP32", (3, 32, 32), Normalize())

@@ -102,6 +102,7 @@ class ModelFront:
         self.stats = ModelStats(model.name)
         self.outputs: list[dict] | None = None
         self.solo_ms: float | None = None
+        self.solo_p50_ms: float | None = None
         self.slo_note: str | None = None
         self._slo_check: asyncio.Task | None = None
         self._slo_checked = 0.0
@@ -184,9 +185,9 @@ class ModelFront:
             self._slo_check = asyncio.get_running_loop().create_task(self.ready())
         await asyncio.shield(self._slo_check)
 
-    def _learn_solo(self, solo_ms: float, rows: int) -> None:
+    def _learn_solo(self, solo_ms: float, rows: int, solo_p50_ms: float | None = None) -> None:
         first = self.solo_ms is None
-        self.solo_ms = solo_ms
+        self.solo_ms, self.solo_p50_ms = solo_ms, solo_p50_ms
         self.slo_note = slo_problem(self.cfg, solo_ms, rows)
         self.batcher.slo_feasible = self.slo_note is None
         self.limit.target_s = self._front_target_s if self.batcher.slo_feasible else None  # no AIMD for it either
@@ -195,7 +196,13 @@ class ModelFront:
             log.warning("%s", self.slo_note)
 
     def slo_state(self) -> dict[str, Any]:
-        return {"slo_ms": self.cfg.slo_ms, "solo_ms": self.solo_ms, "feasible": self.batcher.slo_feasible}
+        """The SLO, the model's run time alone (fastest and median at start) and whether the SLO can be met."""
+        return {
+            "slo_ms": self.cfg.slo_ms,
+            "solo_ms": self.solo_ms,
+            "solo_p50_ms": self.solo_p50_ms,
+            "feasible": self.batcher.slo_feasible,
+        }
 
     # -- reports ----------------------------------------------------------------------------
 
@@ -219,13 +226,13 @@ class ModelFront:
             if state["ready"]:
                 ready, self.outputs = True, state["outputs"]
                 if state.get("solo_ms") is not None:
-                    solo.append((state["solo_ms"], state.get("solo_rows", 1)))
+                    solo.append((state["solo_ms"], state.get("solo_rows", 1), state.get("solo_p50_ms")))
             else:
                 reasons.append(f"GPU {route.gpu}: {state['error']}")
         if not ready:
             return self._not_ready("; ".join(reasons) or "no GPU actor hosts it")
         if solo:
-            self._learn_solo(*min(solo))  # the fastest replica: an SLO it meets can be met
+            self._learn_solo(*min(solo, key=lambda s: s[0]))  # the fastest replica: an SLO it meets can be met
         return {"ready": True, "reason": None, "outputs": self.outputs, "slo": self.slo_state(), "note": self.slo_note}
 
     def _not_ready(self, reason: str) -> dict:
