@@ -172,8 +172,13 @@ except Exception:
     pass' "$W/anchor.json"
 }
 
-LOAD=(--config deployments/example.yaml --model resnet50 --concurrency 32 --client-processes 4 --capacity-s 6
-  --duration-s 15 --overhead-s 5 --ingress-replicas 4 --timeout-s 70)
+# The app and its models; a dry run elsewhere can name others (SERVE_CONFIG, MODEL, OTHER, BACKEND).
+SERVE_CONFIG=${SERVE_CONFIG:-deployments/example.yaml}
+MODEL=${MODEL:-resnet50}
+OTHER=${OTHER:-bert-base}
+BACKEND=${BACKEND:-cuda}
+LOAD=(--config "$SERVE_CONFIG" --model "$MODEL" --concurrency 32 --client-processes 4 --capacity-s 6
+  --duration-s 15 --overhead-s 4 --ingress-replicas 4 --timeout-s 70)
 
 before() {  # this tree's serve_load.py on the code of before/ (swapped in for the editable install, and back)
   [[ -d $ROOT/before/eclip_ray ]] || { echo "no $ROOT/before: run prepare" >&2; return 2; }
@@ -181,15 +186,17 @@ before() {  # this tree's serve_load.py on the code of before/ (swapped in for t
   r=$(equal_rps)
   mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
   trap 'rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray"' RETURN
-  python3 benchmarks/serve_load.py "${LOAD[@]}" ${r:+--equal-rps "$r"} --out "$W/before.json"
+  local config=$SERVE_CONFIG  # the example as it was then (today's has keys the old config does not know)
+  [[ $config == deployments/example.yaml ]] && config=before/deployments/example.yaml
+  python3 benchmarks/serve_load.py "${LOAD[@]}" --config "$config" ${r:+--equal-rps "$r"} --out "$W/before.json"
 }
 
 app() {  # the README's main job, clients against it, then the load phases through its default front
   local log=$W/app_serve.log pid r
   r=$(equal_rps)
   ray stop --force > /dev/null 2>&1 || true
-  RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1 eclip-ray serve --metrics-port 8080 --ingress-replicas 4 \
-    > "$log" 2>&1 &
+  RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1 eclip-ray serve --config "$SERVE_CONFIG" --metrics-port 8080 \
+    --ingress-replicas 4 > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 300); do
     grep -q "Ctrl-C stops it" "$log" && break
@@ -200,9 +207,9 @@ app() {  # the README's main job, clients against it, then the load phases throu
   set +e
   curl -s -o /dev/null -w "ready: HTTP %{http_code}\n" http://127.0.0.1:8000/v2/health/ready
   grep -E '^  curl .*-d @' "$log" | while read -r line; do eval "$line"; done  # the banner's curl lines
-  python3 "$ROOT/examples/client.py" --url 127.0.0.1:8000 --requests 20 --grpc 127.0.0.1:9000
+  [[ $MODEL == resnet50 ]] && python3 "$ROOT/examples/client.py" --url 127.0.0.1:8000 --requests 20 --grpc 127.0.0.1:9000
   python3 benchmarks/serve_load.py --url http://127.0.0.1:8000 --grpc 127.0.0.1:9000 --app eclip-example \
-    "${LOAD[@]}" --overhead-models resnet50 bert-base ${r:+--equal-rps "$r"} --out "$W/proxy.json"
+    "${LOAD[@]}" --overhead-models "$MODEL" "$OTHER" ${r:+--equal-rps "$r"} --out "$W/proxy.json"
   curl -s http://127.0.0.1:8000/v2/models/stats | head -c 2000; echo
   curl -s http://127.0.0.1:8080/metrics | grep -E '^ray_eclip_' | sort | head -60
   set -e
@@ -216,8 +223,8 @@ haproxy() {  # behind HAProxy, with a UINT8 copy of resnet50, and the soak for w
   soak=$(( $(left) - 150 ))
   (( soak > 150 )) && soak=150
   (( soak < 60 )) && soak=0
-  python3 benchmarks/serve_load.py "${LOAD[@]}" --front haproxy --uint8-copy --also-capacity resnet50-u8 \
-    --overhead-models resnet50 resnet50-u8 bert-base ${r:+--equal-rps "$r"} --soak-s "$soak" --out "$W/haproxy.json"
+  python3 benchmarks/serve_load.py "${LOAD[@]}" --front haproxy --uint8-copy --also-capacity "$MODEL-u8" \
+    --overhead-models "$MODEL" "$MODEL-u8" "$OTHER" ${r:+--equal-rps "$r"} --soak-s "$soak" --out "$W/haproxy.json"
 }
 
 steps() {
@@ -235,12 +242,12 @@ steps() {
   for s in "$@"; do
     case $s in
       install) step install 180 bash "$ROOT/scripts/gpu_serve.sh" _install ;;
-      anchor) step anchor 110 python3 benchmarks/serve_anchor.py --config deployments/example.yaml --model resnet50 \
-        --backend cuda --concurrency 32 --client-processes 4 --capacity-s 6 --duration-s 15 --load-factor 0.8 \
+      anchor) step anchor 110 python3 benchmarks/serve_anchor.py --config "$SERVE_CONFIG" --model "$MODEL" \
+        --backend "$BACKEND" --concurrency 32 --client-processes 4 --capacity-s 6 --duration-s 15 --load-factor 0.8 \
         --out "$W/anchor.json" ;;
       before) step before 120 bash "$ROOT/scripts/gpu_serve.sh" _before ;;
       app) step app 170 bash "$ROOT/scripts/gpu_serve.sh" _app ;;
-      haproxy) step haproxy 330 bash "$ROOT/scripts/gpu_serve.sh" _haproxy ;;
+      haproxy) export LEFT_S; LEFT_S=$(left); step haproxy 330 bash "$ROOT/scripts/gpu_serve.sh" _haproxy ;;
       table) ;;  # printed on exit, whatever ran
       *) echo "unknown step $s" ;;
     esac
@@ -254,6 +261,6 @@ case ${1:-} in
   _install) install ;;
   _before) cd "$ROOT" && before ;;
   _app) cd "$ROOT" && app ;;
-  _haproxy) BUDGET_S=$(( ${LEFT_S:-330} )) T0=$(date +%s) && cd "$ROOT" && haproxy ;;
+  _haproxy) BUDGET_S=${LEFT_S:-330} && cd "$ROOT" && haproxy ;;
   *) sed -n '2,/^set /p' "$0" | sed '$d'; exit 2 ;;
 esac
