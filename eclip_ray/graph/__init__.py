@@ -1,7 +1,31 @@
-"""Kernel-group execution: stages cut at module boundaries, plans, and one CUDA graph per request."""
+"""Kernel-group execution: stages cut at module boundaries, plans, and one CUDA graph per request.
+
+``Plan`` is plain data and imports no torch; the runner, the stage tracer and the profiler
+need torch and are imported when first used (``eclip_ray.graph.ModelRunner`` still works).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from eclip_ray.graph.plan import Plan
-from eclip_ray.graph.runner import CapturedGraph, ModelRunner, Pending
-from eclip_ray.graph.stages import CutPoint, block_cuts, leaf_cuts, trace_calls
+
+_LAZY = {
+    "CapturedGraph": "eclip_ray.graph.runner",
+    "ModelRunner": "eclip_ray.graph.runner",
+    "Pending": "eclip_ray.graph.runner",
+    "CutPoint": "eclip_ray.graph.stages",
+    "block_cuts": "eclip_ray.graph.stages",
+    "leaf_cuts": "eclip_ray.graph.stages",
+    "trace_calls": "eclip_ray.graph.stages",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CapturedGraph", "CutPoint", "ModelRunner", "Pending", "Plan", "block_cuts", "leaf_cuts", "trace_calls"]

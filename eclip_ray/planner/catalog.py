@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.planner import profile as profile_io
 from eclip_ray.planner.power import FILENAME as POWER_FILE
 from eclip_ray.planner.power import PowerModel

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.partition.layout import DeviceGeometry, Layout, ladder
 from eclip_ray.planner import baselines, catalog
 from eclip_ray.planner.baselines import Baseline
