@@ -11,9 +11,9 @@ and gets back a :class:`~eclip_ray.planner.guard.Guard` to consult for every req
 - Loads are ordered: a candidate whose measured p99 missed an SLO by more than
   ``MISS_MARGIN`` at a load no higher than this one (every model's rate at most this
   one's, closed loops alike) is not measured again.
-- ``guard(load)`` starts at that load's choice, with that load's trials as what it knows
-  of each candidate's safety and every measured load as a level to move to when the
-  arrivals change.
+- ``guard(load)`` starts at that load's choice; what it knows of each candidate's safety
+  is its trial at the highest load it was measured at, and how many SMs each model has
+  to itself there; every measured load is a level to move to when the arrivals change.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from eclip_ray.errors import PlanError
 from eclip_ray.graph.plan import Plan
-from eclip_ray.planner.candidates import Candidate, CandidateSet
+from eclip_ray.planner.candidates import Candidate, CandidateSet, exclusive_sms
 from eclip_ray.planner.guard import Guard, GuardSettings, Level, Switch
 from eclip_ray.planner.placement import steering_for
 from eclip_ray.planner.selection import Selection, SelectionSettings, Trial, select
@@ -133,20 +133,34 @@ class Adaptive:
         if load not in self.selections:
             raise PlanError(f"no selection was made at {load}; loads measured: {sorted(self.selections)}")
         sel = self.selections[load]
-        steerings = {c.name: self.steering_of(c.name) for c in self.candidates.candidates}
-        safety = {n: t.ratios(self.slo_ms) for n, t in sel.trials.items()}
+        cands = self.candidates
+        steerings = {c.name: self.steering_of(c.name) for c in cands.candidates}
         levels = [Level(self.rates[k], s.chosen) for k, s in self.selections.items()]
         info = {"selection": sel.to_dict(), **(details or {})}
         return Guard(
             steerings,
             self.slo_ms,
             sel.chosen,
-            safety,
+            self.safety(),
+            protection={c.name: exclusive_sms(c, cands.layout) for c in cands.candidates},
             levels=levels,
             settings=self.guard_settings,
             on_switch=on_switch,
             details=info,
         )
+
+    def safety(self) -> dict[str, dict[str, float]]:
+        """Per candidate, its measured p99/SLO per model at the highest load it was measured at.
+
+        The highest load tells candidates apart best: at a light load every protective plan
+        keeps the SLOs with room to spare.
+        """
+        out: dict[str, dict[str, float]] = {}
+        by_load = sorted(self.selections, key=lambda k: sum(r or 0.0 for r in self.rates[k].values()))
+        for load in by_load:
+            for name, t in self.selections[load].trials.items():
+                out[name] = t.ratios(self.slo_ms)
+        return out
 
 
 def _at_most(lower: Rates, upper: Rates) -> bool:

@@ -71,6 +71,7 @@ class Candidate:
     predicted: Mapping[str, Any] | None = None  # the cost model's Prediction.to_dict() of ``plans``
     sizes: Mapping[str, int | None] = field(default_factory=dict)  # per instance SMs (None: whole), if one each
     wide: Mapping[str, Plan] = field(default_factory=dict)  # per-batch: a batch instance's plan while LC is idle
+    adapts: str | None = None  # per-batch: the static candidate whose confined plans it runs while LC is busy
 
     @property
     def adaptive(self) -> bool:
@@ -95,6 +96,7 @@ class Candidate:
             "plans": {n: p.to_dict() for n, p in self.plans.items()},
             "wide": {n: p.to_dict() for n, p in self.wide.items()},
             "sizes": dict(self.sizes),
+            "adapts": self.adapts,
             "predicted": None if self.predicted is None else dict(self.predicted),
         }
 
@@ -108,6 +110,7 @@ class Candidate:
                 predicted=d.get("predicted"),
                 sizes=dict(d.get("sizes") or {}),
                 wide={n: Plan.from_dict(p) for n, p in (d.get("wide") or {}).items()},
+                adapts=d.get("adapts"),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"malformed candidate {d!r}: {e!r}") from e
@@ -187,6 +190,16 @@ class CandidateSet:
             raise PlanError(f"malformed candidate set: {e!r}") from e
 
 
+def exclusive_sms(candidate: Candidate, layout: Layout) -> dict[str, int]:
+    """Per instance, the SM slots of its partitions that no other instance's partitions hold (wide plans too).
+
+    How well a candidate protects an instance, from the plans alone: multi-stream gives none,
+    a nested plan the slots above the confined partition, a disjoint split the whole range.
+    """
+    slots = {n: {s for q in parts for s in layout[q].slots()} for n, parts in candidate.partitions().items()}
+    return {n: len(mine - set().union(*(o for m, o in slots.items() if m != n))) for n, mine in slots.items()}
+
+
 def streams_needed(layout: Layout, candidates: Sequence[Candidate]) -> int:
     """One stream per pool partition, plus one per instance on every partition its plans use (and the whole GPU)."""
     used: dict[str, set[str]] = {}
@@ -208,6 +221,7 @@ class _Shape:
     parts: dict[str, PartitionSpec | None]
     sizes: dict[str, int | None]
     wide: frozenset[str] = frozenset()
+    adapts: str | None = None
 
 
 def _label(kind: str, instances: Sequence[str], sizes: Mapping[str, int | None]) -> str:
@@ -231,7 +245,7 @@ def _nested(
     out = [_Shape(_label("nested", instances, sizes), "nested", parts, sizes)]
     if per_batch:
         batch = frozenset(n for n in instances if n not in protected)
-        out.append(_Shape(_label("per-batch", instances, sizes), "per-batch", parts, sizes, batch))
+        out.append(_Shape(_label("per-batch", instances, sizes), "per-batch", parts, sizes, batch, out[0].name))
     return out
 
 
@@ -419,7 +433,7 @@ def _from_shape(sh: _Shape, mix: Mix, search: Search) -> tuple[Candidate, Search
     costed = search.consider(_state(mix, sh))
     wide = dict.fromkeys(sorted(sh.wide), WHOLE_PLAN)
     plans = _plans(mix, costed.state)
-    return Candidate(sh.name, sh.kind, plans, costed.prediction.to_dict(), sh.sizes, wide), costed
+    return Candidate(sh.name, sh.kind, plans, costed.prediction.to_dict(), sh.sizes, wide, sh.adapts), costed
 
 
 def _planned(
@@ -452,12 +466,12 @@ def _order(c: Searched) -> tuple:
 def _rank(made: list[tuple[Candidate, Searched]]) -> list[Candidate]:
     """By the cost model; a per-batch candidate right after the nested one it adapts."""
     static = [(c, s) for c, s in made if not c.adaptive]
-    adaptive = {c.name.removeprefix("per-batch "): c for c, _ in made if c.adaptive}
+    adaptive = {c.adapts: c for c, _ in made if c.adaptive}
     out = []
     for c, _ in sorted(static, key=lambda cs: _order(cs[1])):
         out.append(c)
-        if c.kind == "nested" and c.name.removeprefix("nested ") in adaptive:
-            out.append(adaptive[c.name.removeprefix("nested ")])
+        if c.name in adaptive:
+            out.append(adaptive[c.name])
     return out
 
 
@@ -476,11 +490,10 @@ def _fit_streams(layout: Layout, ranked: list[Candidate], limit: int) -> tuple[l
 
     while need(kept) > limit:
         now = need(kept)
-        for c in reversed(kept):
-            rest = [x for x in kept if x is not c]
-            if c.kind != "multi-stream" and need(rest) < now:
-                kept, dropped = rest, [c, *dropped]
-                break
-        else:
+        rest = [c for c in kept if c.kind != "multi-stream"]
+        if not rest:
             break
+        # the lowest-ranked one whose removal frees streams; else the lowest-ranked (it shares them with others)
+        c = next((c for c in reversed(rest) if need([x for x in kept if x is not c]) < now), rest[-1])
+        kept, dropped = [x for x in kept if x is not c], [c, *dropped]
     return kept, dropped

@@ -82,6 +82,7 @@ def load_corun(directory: Path) -> dict | None:
         data = json.loads(path.read_text())
         out = {k: data[k] for k in ("interference", "contention", "power_scale")}
         out["blocking"] = float(data.get("blocking", 0.0))
+        out["coverage"] = float(data.get("coverage", 1.0))
         tail = data.get("tail")
         out["tail"] = None if tail is None else Pressure(**{k: float(v) for k, v in tail.items()})
         return out
@@ -100,5 +101,6 @@ def fitted_settings(directory: Path, base: PlannerSettings | None = None) -> Pla
         interference=float(fit["interference"]),
         contention=float(fit["contention"]),
         blocking=fit["blocking"],
+        coverage=fit["coverage"],
         tail=fit["tail"],
     )

@@ -80,7 +80,8 @@ def fit_corun(args: argparse.Namespace) -> int:
     print(f"{len(rep.rows)} observations of {len(rep.held_out)} mixes")
     print(
         f"fitted on all: interference {c.interference}, contention {c.contention}, blocking {c.blocking}, "
-        f"power scale {c.power_scale}; tail (p99): {'not measured' if c.tail is None else c.tail.to_dict()}"
+        f"coverage {c.coverage}, power scale {c.power_scale}; "
+        f"tail (p99): {'not measured' if c.tail is None else c.tail.to_dict()}"
     )
     print("each mix predicted with coefficients fitted on the others:")
     for key, v in m.items():

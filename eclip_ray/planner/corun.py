@@ -48,9 +48,10 @@ from eclip_ray.planner.mixes import make_worker
 from eclip_ray.planner.profile import ModelProfile
 
 FILENAME = "corun.json"
-GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)
-BLOCKING_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)
+GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)  # interference, contention and blocking, searched coarse to fine
+COARSE = 2  # the first pass visits every COARSE-th grid point, the second its neighbours
 QUEUEING_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
+COVERAGE_GRID = (1.0, 1.5, 2.0, 3.0, 4.0)
 POWER_GRID = np.round(np.arange(0.05, 1.5001, 0.01), 2)
 BENCH_POLICIES = ("time-share", "multi-stream", "model-wise", "kw-prealloc", "eclip")  # in-process plans
 VALIDATION_RUNS = {"eclip": ("plans", "measured_eclip"), "split": ("split_plans", "measured_split")}
@@ -87,16 +88,18 @@ class Coefficients:
     power_scale: float | None  # None: no power model or no measured power
     blocking: float = 0.0
     tail: Pressure | None = None  # the p99 coefficients; None: no tails measured
+    coverage: float = 1.0
 
     @property
     def median(self) -> Pressure:
-        return Pressure(self.interference, self.contention, self.blocking)
+        return Pressure(self.interference, self.contention, self.blocking, coverage=self.coverage)
 
     def to_dict(self) -> dict:
         return {
             "interference": self.interference,
             "contention": self.contention,
             "blocking": self.blocking,
+            "coverage": self.coverage,
             "power_scale": self.power_scale,
             "tail": None if self.tail is None else self.tail.to_dict(),
         }
@@ -289,6 +292,7 @@ class Predictor:
             blocking=c.blocking,
             tail=c.tail,
             rates_rps=rates if any(r is not None for r in rates) else (),
+            coverage=c.coverage,
         )
         return mix, tuple(state)
 
@@ -318,8 +322,8 @@ class Terms:
     p99: np.ndarray  # measured p99s, ms (NaN where not measured)
 
     @classmethod
-    def of(cls, pred: Predictor, obs: Observation) -> Terms:
-        unit = Coefficients(1.0, 1.0, None, blocking=1.0)
+    def of(cls, pred: Predictor, obs: Observation, coverage: float = 1.0) -> Terms:
+        unit = Coefficients(1.0, 1.0, None, blocking=1.0, coverage=coverage)
         mix, state = pred.mix(obs, unit)
         names = tuple(w.name for w in mix.workers)
         p50 = np.array([obs.p50_ms[n] for n in names])
@@ -354,28 +358,45 @@ def queue_wait(service: np.ndarray, rates: np.ndarray, queueing: float, tail: bo
     return np.where(np.isnan(rates), 0.0, queueing * service * spread / (2 * (1 - rho)))
 
 
+def _scores(
+    rows: Sequence[tuple[Terms, np.ndarray]], axes: Sequence[np.ndarray], q: float, tail: bool, median
+) -> np.ndarray:
+    """Median |log error| at every point of the (interference, contention, blocking) grid ``axes``."""
+    i, c, b = (a[..., None] for a in np.meshgrid(*axes, indexing="ij"))
+    errors = []
+    for t, m in rows:
+        ok = np.isfinite(m)
+        ms = t.service(i, c, b)
+        base = t.base(median)
+        err = np.log((ms + queue_wait(ms if base is None else base, t.rates, q, tail)) / np.where(ok, m, 1.0))
+        errors.append(err[..., ok])
+    return np.median(np.abs(np.concatenate(errors, axis=-1)), axis=-1)
+
+
 def _grid_fit(
-    terms: Sequence[Terms], measured: str, tail: bool, median: Pressure | None = None
+    terms: Mapping[float, Sequence[Terms]], measured: str, tail: bool, median: Pressure | None = None
 ) -> tuple[Pressure, float]:
-    """The grid point with the least median |log error| of ``measured`` ("p50" or "p99")."""
-    rows = [(t, getattr(t, measured)) for t in terms]
-    rows = [(t, m) for t, m in rows if np.isfinite(m).any()]
-    i, c, b = np.meshgrid(GRID, GRID, BLOCKING_GRID, indexing="ij")
-    i, c, b = i[..., None], c[..., None], b[..., None]
+    """The grid point (per coverage: its terms) with the least median |log error| of ``measured`` ("p50"/"p99").
+
+    Coarse to fine: every ``COARSE``-th point of ``GRID`` first, then the neighbours of the
+    best; ties go to the lowest coefficients.
+    """
     best, best_score = Pressure(0.0, 0.0, 0.0), math.inf
-    for q in QUEUEING_GRID if tail else (1.0,):
-        errors = []
-        for t, m in rows:
-            ok = np.isfinite(m)
-            ms = t.service(i, c, b)
-            base = t.base(median)
-            err = np.log((ms + queue_wait(ms if base is None else base, t.rates, q, tail)) / np.where(ok, m, 1.0))
-            errors.append(err[..., ok])
-        score = np.median(np.abs(np.concatenate(errors, axis=-1)), axis=-1)
-        at = np.unravel_index(int(np.argmin(score)), score.shape)  # the first (lowest) grid point among ties
-        if score[at] < best_score - 1e-12:
-            best = Pressure(float(GRID[at[0]]), float(GRID[at[1]]), float(BLOCKING_GRID[at[2]]), float(q))
-            best_score = float(score[at])
+    for coverage, ts in terms.items():
+        rows = [(t, getattr(t, measured)) for t in ts]
+        rows = [(t, m) for t, m in rows if np.isfinite(m).any()]
+        if not rows:
+            continue
+        for q in QUEUEING_GRID if tail else (1.0,):
+            idx = np.arange(0, len(GRID), COARSE)
+            score = _scores(rows, [GRID[idx]] * 3, q, tail, median)
+            at = [int(idx[k]) for k in np.unravel_index(int(np.argmin(score)), score.shape)]
+            near = [np.arange(max(0, a - COARSE + 1), min(len(GRID), a + COARSE)) for a in at]
+            score = _scores(rows, [GRID[n] for n in near], q, tail, median)
+            k = np.unravel_index(int(np.argmin(score)), score.shape)
+            if score[k] < best_score - 1e-12:
+                point = [float(GRID[near[d][k[d]]]) for d in range(3)]
+                best, best_score = Pressure(*point, queueing=float(q), coverage=float(coverage)), float(score[k])
     return best, best_score
 
 
@@ -383,12 +404,12 @@ def fit(pred: Predictor, obs: Sequence[Observation]) -> Coefficients:
     """Median coefficients on the medians, tail coefficients on the p99s (where measured), then power."""
     if not obs:
         raise PlanError("no observations to fit")
-    terms = [Terms.of(pred, o) for o in obs]
+    terms = {cov: [Terms.of(pred, o, cov) for o in obs] for cov in COVERAGE_GRID}
     median, _ = _grid_fit(terms, "p50", tail=False)
     tail = None
-    if any(np.isfinite(t.p99).any() for t in terms):
+    if any(np.isfinite(t.p99).any() for t in terms[1.0]):
         tail, _ = _grid_fit(terms, "p99", tail=True, median=median)
-    c = Coefficients(median.interference, median.contention, None, median.blocking, tail)
+    c = Coefficients(median.interference, median.contention, None, median.blocking, tail, median.coverage)
     return replace(c, power_scale=_fit_power(pred, obs, c))
 
 

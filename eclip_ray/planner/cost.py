@@ -43,6 +43,14 @@ victim group ``g`` with ``K_g`` kernels on ``p`` pays
 
     blocking * K_g * sum_{v != w} sum_q kappa_v u_v W_v(q) overlap(p, q) / (n_p n_q S_v)
 
+Nesting. A victim on ``p`` beside a neighbour confined to ``q``, a part of ``p``, can run
+its kernels on the SMs of ``p`` the neighbour does not hold: a small kernel finds free SMs
+unless nearly all are taken. So both terms weigh the overlap by the share of the
+victim's partition it covers, raised to ``coverage - 1``: with ``coverage`` 1 (the
+default, ECLIP's CUAverage) a neighbour presses the same wherever on ``p`` its busy SMs
+are; with more, a neighbour confined to part of the victim's SMs presses less, one
+covering them all as much as before. It is fitted with the rest (``corun.py``).
+
 A neighbour's load enters as its *duty* ``u_v``: 1 in a closed loop, else the
 share of time it has work, ``min(1, rate_v S_v)`` for ``rate_v`` batches per
 second arriving. Every pressure term of ``v`` is scaled by it.
@@ -135,9 +143,10 @@ class Pressure:
     contention: float = 0.0  # slowdown when the others keep every SM of the device busy, on any SMs
     blocking: float = 0.0  # per victim kernel, per ms of the neighbours' kernels it finds on its SMs
     queueing: float = 1.0  # scale of the M/D/1 wait under open-loop arrivals
+    coverage: float = 1.0  # overlap weighed by the share of the victim's SMs it covers, to the power coverage - 1
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("interference", "contention", "blocking", "queueing")}
+        return {k: getattr(self, k) for k in ("interference", "contention", "blocking", "queueing", "coverage")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,8 +164,9 @@ class Mix:
     tail: Pressure | None = None  # the coefficients of p99 latency; None: tails are predicted as medians
     rates_rps: tuple[float | None, ...] = ()  # per worker, batches/s arriving; None or empty: a closed loop
     queueing: float = 1.0
+    coverage: float = 1.0
     counts: np.ndarray = field(init=False)
-    share: np.ndarray = field(init=False)  # overlap(p, q) / (n_p n_q)
+    share: np.ndarray = field(init=False)  # overlap(p, q) / (n_p n_q), at coverage 1
 
     def __post_init__(self) -> None:
         parts = self.layout.partitions
@@ -171,7 +181,14 @@ class Mix:
     @property
     def pressure(self) -> Pressure:
         """The coefficients of median latency."""
-        return Pressure(self.interference, self.contention, self.blocking, self.queueing)
+        return Pressure(self.interference, self.contention, self.blocking, self.queueing, self.coverage)
+
+    def share_at(self, coverage: float) -> np.ndarray:
+        """``overlap(p, q) / (n_p n_q) * (overlap(p, q) / n_p) ** (coverage - 1)``: how much ``q`` presses on ``p``."""
+        if coverage == 1.0:
+            return self.share
+        covered = self.share * self.counts[None, :]  # overlap / n_p
+        return self.share * covered ** (coverage - 1.0)
 
     @property
     def tail_pressure(self) -> Pressure:
@@ -274,7 +291,7 @@ def received(mix: Mix, work: np.ndarray, pressure: Pressure | None = None) -> np
     c = pressure or mix.pressure
     busy = work * mix.duty()[:, None] / np.asarray(mix.solo_ms)[:, None]  # SMs of each partition kept busy
     others = busy.sum(axis=0)[None, :] - busy
-    return c.interference * others @ mix.share.T + mix.device_slowdown(c)[:, None]
+    return c.interference * others @ mix.share_at(c.coverage).T + mix.device_slowdown(c)[:, None]
 
 
 def blocked(mix: Mix, work: np.ndarray, pressure: Pressure | None = None) -> np.ndarray:
@@ -284,7 +301,7 @@ def blocked(mix: Mix, work: np.ndarray, pressure: Pressure | None = None) -> np.
         return np.zeros_like(work)
     busy = work * (mix.duty() * mix.kernel_ms())[:, None] / np.asarray(mix.solo_ms)[:, None]
     others = busy.sum(axis=0)[None, :] - busy
-    return c.blocking * others @ mix.share.T
+    return c.blocking * others @ mix.share_at(c.coverage).T
 
 
 def alone_ms(mix: Mix, state: State) -> np.ndarray:

@@ -81,7 +81,7 @@ def _latency(
     duty, kappa = mix.duty(), mix.kernel_ms()
     for v, y in ys.items():
         other = mix.workers[v]
-        share = mix.share[np.ix_(list(wk.parts), list(other.parts))]  # [p, q]
+        share = mix.share_at(c.coverage)[np.ix_(list(wk.parts), list(other.parts))]  # [p, q]
         per_group = c.interference * wk.ms + c.blocking * kappa[v] * wk.launches[:, None]  # [g, p]
         coef = duty[v] / mix.solo_ms[v] * per_group[:, :, None] * share[None, :, :]
         keep = coef.ravel() != 0

@@ -6,21 +6,28 @@ per-batch placement, ``placement.py``) and, about every ``period_s``, looks at e
 model over a sliding window of ``window_s``: its p99 (of the requests completed under
 the current candidate only), its arrival rate and its queue. Then:
 
-- **Breach.** A model whose windowed p99 exceeds ``breach`` x its SLO (with at least
-  ``min_samples`` completions, or one request over ``3 x`` the SLO) moves the guard to a
-  *safer* candidate: one whose measured p99/SLO (from the selection's trials) is lower
-  for every breaching model, the one of those with the least largest p99/SLO. With
-  ``period_s`` 0.1 and a 1 s window a breach is acted on within about a second.
-- **Recovery.** Once every model's p99 has stayed within ``recover`` x its SLO for
-  ``hold_s``, it moves back one step towards the preferred candidate.
+- **Breach.** A model breaches when more of its windowed requests took over ``breach`` x
+  its SLO than a p99 within it explains: ``k`` of ``n`` over it, where ``P(X >= k)`` for
+  ``X ~ Binomial(n, 1%)`` is below ``alpha`` (with 20 requests that is 3 misses, with
+  150 it is 6; one slow request of few is not a breach). It moves the guard to a *safer*
+  candidate for every breaching model: one measured clearly better for it (a p99/SLO
+  ``NOISE`` lower, in ``safety``: the selections' trials), or, where the measurements do
+  not tell them apart, one that gives it more SMs of its own (``protection``:
+  ``candidates.exclusive_sms``); of those the one whose measured largest p99/SLO is
+  least. With ``period_s`` 0.1 and a 1 s window a breach is acted on within about a second.
+- **Recovery.** Once no model has had significantly more than 1% of its requests over
+  ``recover`` x its SLO (the same test) for ``hold_s``, it moves back one step towards
+  the preferred candidate.
 - **Hysteresis.** ``recover`` < ``breach``, nothing moves within ``settle_s`` of the last
   move, and a candidate it went back to that breaches again doubles ``hold_s`` (up to
   ``max_hold_s``; back to the base after a long calm at the preferred candidate), so it
   cannot flap.
-- **Load.** Arrival rates are bucketed into levels ``level_step`` apart. When a new level
-  has held for ``hold_s`` and selections were measured at other loads (``levels``), the
-  preferred candidate becomes the one chosen at the nearest measured load at or above
-  this one (the highest measured, above them all), and it moves there.
+- **Load.** When the arrival rates have stayed more than a factor ``level_step`` (and
+  more than three standard deviations of a Poisson count in the window) away from those
+  of the last level decision for ``hold_s``, and selections were measured at other
+  loads (``levels``), the preferred candidate becomes the one chosen at the nearest
+  measured load at or above this one (the highest measured, above them all), and it
+  moves there.
 
 Every switch is kept (:class:`Switch`: when, from, to, kind and reason), counted, and
 handed to ``on_switch`` (the actor logs it and counts it in its metrics).
@@ -28,6 +35,7 @@ handed to ``on_switch`` (the actor logs it and counts it in its metrics).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -39,7 +47,8 @@ from eclip_ray.graph.plan import Plan
 from eclip_ray.planner.steering import LaneView, Steering
 
 KINDS = ("breach", "recover", "load")
-SPIKE = 3.0  # one request over this many SLOs is a breach however few completed
+TAIL = 0.01  # the SLO is on p99: 1% of requests may exceed it
+NOISE = 0.05  # measured p99/SLO ratios this close do not order two candidates
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class GuardSettings:
     recover: float = 0.7  # p99 within this x SLO, for hold_s, lets it move back
     hold_s: float = 3.0
     settle_s: float = 0.5  # no move within this long of the last one
-    min_samples: int = 5
+    alpha: float = 0.01  # significance of "more requests over the SLO than a p99 within it explains"
     backoff: float = 2.0  # hold_s grows by this when a candidate it went back to breaches again
     max_hold_s: float = 60.0
     level_step: float = 1.25  # arrival-rate levels, a factor apart
@@ -89,19 +98,26 @@ class Level:
 
 @dataclass
 class _Lane:
-    p99_ms: float | None
-    worst_ms: float | None
-    samples: int
+    latencies_ms: list[float]  # completed in the window under the current candidate, ascending
     rate_rps: float | None
     queued: int
+
+    @property
+    def p99_ms(self) -> float | None:
+        lat = self.latencies_ms
+        return lat[max(0, math.ceil(0.99 * len(lat)) - 1)] if lat else None
+
+    def over(self, ms: float) -> int:
+        return len(self.latencies_ms) - bisect.bisect_right(self.latencies_ms, ms)
 
 
 class Guard:
     """Steers among candidates (``steerings``: name -> steering), starting at ``preferred``.
 
     ``safety`` maps each measured candidate to its measured p99/SLO per model (the
-    selection's trials); ``slo_ms`` holds the models' SLOs (None: none); ``details``
-    (e.g. the selection that chose ``preferred``) goes into ``describe()``.
+    selections' trials); ``protection`` maps candidates to the SMs each model has to itself
+    there; ``slo_ms`` holds the models' SLOs (None: none); ``details`` (e.g. the selection
+    that chose ``preferred``) goes into ``describe()``.
     """
 
     def __init__(
@@ -111,6 +127,7 @@ class Guard:
         preferred: str,
         safety: Mapping[str, Mapping[str, float]],
         *,
+        protection: Mapping[str, Mapping[str, int]] | None = None,
         levels: Sequence[Level] = (),
         settings: GuardSettings | None = None,
         on_switch: Callable[[Switch], None] | None = None,
@@ -121,6 +138,7 @@ class Guard:
         self.steerings = dict(steerings)
         self.slo_ms = dict(slo_ms)
         self.safety = {c: dict(r) for c, r in safety.items() if c in steerings}
+        self.protection = {c: dict(p) for c, p in (protection or {}).items()}
         self.levels = list(levels)
         self.settings = settings or GuardSettings()
         self.period_s = self.settings.period_s
@@ -136,8 +154,8 @@ class Guard:
         self._moved_at = -math.inf
         self._calm_since: float | None = None
         self._arrivals: dict[str, deque[tuple[float, int]]] = {}
-        self._level: tuple | None = None
-        self._pending: tuple[tuple, float] | None = None  # a new arrival level and since when it holds
+        self._reference: dict[str, float] | None = None  # the arrival rates of the last level decision
+        self._pending_since: float | None = None  # since when the rates have been outside its band
         self.last: dict[str, _Lane] = {}
 
     # -- the Steering protocol ----------------------------------------------------------------
@@ -165,30 +183,31 @@ class Guard:
     def _lane(self, now: float, v: LaneView) -> _Lane:
         since = max(now - self.settings.window_s, self._moved_at)
         lat = sorted(ms for t, ms in v.recent if t >= since)
-        p99 = lat[max(0, math.ceil(0.99 * len(lat)) - 1)] if lat else None
         seen = self._arrivals.setdefault(v.name, deque())
         seen.append((now, v.arrivals))
         while len(seen) > 1 and seen[0][0] < now - self.settings.window_s:
             seen.popleft()
         span = now - seen[0][0]
         rate = (v.arrivals - seen[0][1]) / span if span > 0 else None
-        return _Lane(p99, lat[-1] if lat else None, len(lat), rate, v.inflight + v.backlog)
+        return _Lane(lat, rate, v.inflight + v.backlog)
+
+    def _significant(self, lane: _Lane, ms: float) -> bool:
+        """More of the lane's requests over ``ms`` than 1% explains (binomial test at ``alpha``)."""
+        k, n = lane.over(ms), len(lane.latencies_ms)
+        return k > 0 and binomial_tail(k, n, TAIL) < self.settings.alpha
 
     def _breaching(self, lanes: Mapping[str, _Lane]) -> dict[str, float]:
         """Breaching model -> its windowed p99 / SLO."""
         out = {}
         for n, lane in lanes.items():
             slo = self.slo_ms.get(n)
-            if slo is None or lane.p99_ms is None:
-                continue
-            enough = lane.samples >= self.settings.min_samples and lane.p99_ms > self.settings.breach * slo
-            if enough or (lane.worst_ms or 0.0) > SPIKE * slo:
-                out[n] = (lane.p99_ms if enough else lane.worst_ms) / slo  # type: ignore[operator]
+            if slo is not None and self._significant(lane, self.settings.breach * slo):
+                out[n] = lane.p99_ms / slo  # type: ignore[operator]
         return out
 
     def _calm(self, lanes: Mapping[str, _Lane]) -> bool:
-        return all(
-            lane.p99_ms is None or lane.samples < self.settings.min_samples or lane.p99_ms <= self.settings.recover * s
+        return not any(
+            self._significant(lane, self.settings.recover * s)
             for n, lane in lanes.items()
             if (s := self.slo_ms.get(n)) is not None
         )
@@ -196,15 +215,28 @@ class Guard:
     # -- moves ----------------------------------------------------------------------------------
 
     def safer(self, breaching: Collection[str]) -> str | None:
-        """The measured candidate with a lower p99/SLO than the current one for every breaching model."""
-        here = self.safety.get(self.current, {})
-        options = []
-        for c, ratios in self.safety.items():
-            if c == self.current or not all(m in ratios for m in breaching):
-                continue
-            if all(ratios[m] < here.get(m, math.inf) for m in breaching):
-                options.append((max(ratios.values(), default=0.0), c))
-        return min(options)[1] if options else None
+        """The candidate safer than the current one for every breaching model (see the module doc)."""
+        here = self.current
+
+        def better(c: str, m: str) -> bool:
+            a, b = self.safety.get(c, {}).get(m), self.safety.get(here, {}).get(m)
+            if a is not None and b is not None and a < (1 - NOISE) * b:
+                return True
+            if a is not None and b is not None and a > (1 + NOISE) * b:
+                return False
+            mine, theirs = self.protection.get(c, {}).get(m), self.protection.get(here, {}).get(m)
+            return mine is not None and theirs is not None and mine > theirs
+
+        options = [c for c in self.steerings if c != here and all(better(c, m) for m in breaching)]
+        if not options:
+            return None
+
+        def key(c: str) -> tuple:
+            measured = self.safety.get(c)
+            worst = max(measured.values(), default=0.0) if measured else math.inf
+            return (worst > 1.0, worst, -sum(self.protection.get(c, {}).get(m, 0) for m in breaching), c)
+
+        return min(options, key=key)
 
     def _on_breach(self, now: float, breaching: Mapping[str, float]) -> None:
         target = self.safer(list(breaching))
@@ -235,29 +267,41 @@ class Guard:
             self._move(now, target, "recover", why)
 
     def _level_changed(self, now: float, lanes: Mapping[str, _Lane]) -> bool:
-        """Move to the choice of the nearest measured load once a new arrival level has held for ``hold_s``."""
-        rates = {n: lane.rate_rps for n, lane in lanes.items()}
-        step = self.settings.level_step
-        level = tuple(sorted((n, None if r is None or r <= 0 else round(math.log(r, step))) for n, r in rates.items()))
-        if self._level is None:
-            self._level = level
-        if level == self._level:
-            self._pending = None
+        """Move to the choice of the nearest measured load once the arrivals have left the band of the
+        last level (a factor of ``level_step``) for ``hold_s``.
+
+        Only lanes with arrivals at some measured level count: a closed loop's rate is its
+        throughput, which the candidate itself sets.
+        """
+        if len(self.levels) < 2:  # one measured load: nothing to move to
             return False
-        if self._pending is None or self._pending[0] != level:
-            self._pending = (level, now)
+        open_lanes = {n for lv in self.levels for n, r in lv.rates_rps.items() if r is not None}
+        rates = {n: lane.rate_rps for n, lane in lanes.items() if n in open_lanes and lane.rate_rps}
+        if self._reference is None or set(self._reference) != set(rates):
+            self._reference, self._pending_since = rates, None  # the first look with every rate known
+        moved = any(self._moved(r, self._reference[n]) for n, r in rates.items())
+        if not moved:
+            self._pending_since = None
             return False
-        if now - self._pending[1] < self.settings.hold_s:
+        if self._pending_since is None:
+            self._pending_since = now
+        if now - self._pending_since < self.settings.hold_s:
             return False
-        self._level, self._pending = level, None
+        self._reference, self._pending_since = rates, None
         chosen = nearest(self.levels, rates)
         if chosen is None or chosen == self.preferred or chosen not in self.steerings:
             return False
         self.preferred, self._trail, self._returned_to = chosen, [], None
         self.hold_s = self.settings.hold_s
-        shown = ", ".join(f"{n} {r:.0f}/s" for n, r in sorted(rates.items()) if r is not None)
+        shown = ", ".join(f"{n} {r:.0f}/s" for n, r in sorted(rates.items()))
         self._move(now, chosen, "load", f"arrivals now {shown}: {chosen} was chosen at the nearest measured load")
         return True
+
+    def _moved(self, rate: float, reference: float) -> bool:
+        """Whether ``rate`` left the band of ``reference``: a factor ``level_step``, and more than Poisson noise."""
+        step, window = self.settings.level_step, self.settings.window_s
+        outside = not reference / step <= rate <= reference * step
+        return outside and abs(rate - reference) * window > 3 * math.sqrt(max(reference * window, 1.0))
 
     def _move(self, now: float, target: str, kind: str, reason: str) -> None:
         if target == self.current:
@@ -283,6 +327,14 @@ class Guard:
             "steering": inner() if callable(inner) else None,
             **self.details,
         }
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``."""
+    if k <= 0:
+        return 1.0
+    below = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(min(k, n + 1)))
+    return max(0.0, 1.0 - below)
 
 
 def nearest(levels: Sequence[Level], rates: Mapping[str, float | None]) -> str | None:

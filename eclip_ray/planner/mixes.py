@@ -133,6 +133,7 @@ def build_mix(
         tail=s.tail,
         rates_rps=rates,
         queueing=s.queueing,
+        coverage=s.coverage,
     )
 
 

@@ -6,21 +6,30 @@ it is choosing for: the bench harness at each load level, the GPU actor with syn
 inputs at start) and keeps a :class:`Trial` of each: every model's p99, the throughput
 and joules per inference where measured. Then:
 
-- a candidate **meets its SLOs** when every model's measured p99 is within its SLO;
-- among those, the best by the objective wins (``throughput``: inferences/s;
-  ``energy``: joules per inference; ``balanced``: the mean of the two, each relative
-  to the best measured); candidates within ``tie`` of the best count as equal, and of
-  those the one with the most SLO slack (the least p99/SLO over its models) wins, since
-  under open-loop load every candidate that keeps up serves the same throughput;
+- a candidate **meets its SLOs** when every model's measured p99 is within its SLO; it
+  does so **with margin** when within ``(1 - margin)`` x its SLO (a short window's p99
+  is noisy, and a longer run at the same load must still keep 99% within the SLO);
+- among those with margin (else among those that meet them), the best by the objective
+  wins (``throughput``: inferences/s; ``energy``: joules per inference; ``balanced``: the
+  mean of the two, each relative to the best measured); candidates within ``tie`` of the
+  best count as equal, and of those the one with the most SLO slack (the least p99/SLO
+  over its models) wins, since under open-loop load every candidate that keeps up serves
+  the same throughput;
 - when none meets every SLO, the one with the least violation (the smallest largest
   p99/SLO) wins, and the selection says so (``met`` False).
 
-Time: candidates are measured in the cost model's order, except that multi-stream and
-the most protective nested candidate come second and third, so that a plan that keeps
-the SLOs is seen early; measuring stops when the next trial would pass ``budget_s`` (10 s
-by default, on the caller's clock: windows plus the loop's warm-up), or when ``patience``
-trials in a row did not change the best. Candidates a caller knows cannot win (one that
-missed its SLO at a lower load misses it at a higher one) are passed as ``exclude``.
+Time: no trial starts that would pass ``budget_s`` (10 s by default, on the caller's
+clock: windows plus the loop's warm-up). Candidates are measured in three rounds:
+
+1. the core, which the cost model cannot be trusted to rank: its first candidate,
+   multi-stream, every nested level (most protective first) and the disjoint split;
+2. the per-batch variant of every nested candidate that met its SLOs, least confined
+   first (one whose static plan missed them is skipped: going wide only adds pressure);
+3. the rest in the cost model's order, until ``patience`` trials in a row did not
+   change the best.
+
+Candidates a caller knows cannot win (one that missed its SLO at a lower load misses it
+at a higher one) are passed as ``exclude``.
 
 Pure: no torch, CUDA or Ray; the trial function is the only contact with a device.
 """
@@ -50,9 +59,16 @@ class SelectionSettings:
     overhead_s: float = 0.3  # what a trial costs beyond its window (the loop's warm-up), for the budget check
     patience: int = 3  # stop after this many trials in a row that did not change the best
     tie: float = 0.02  # objective values within this fraction of the best are equal: the most slack wins
+    margin: float = 0.1  # candidates with every p99 within (1 - margin) x its SLO are preferred
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.budget_s <= 0 or self.patience < 1 or not 0 <= self.tie < 1:
+        if (
+            self.window_s <= 0
+            or self.budget_s <= 0
+            or self.patience < 1
+            or not 0 <= self.tie < 1
+            or not 0 <= self.margin < 1
+        ):
             raise PlanError(f"selection settings out of range: {self}")
 
     def window(self, rates_rps: Sequence[float] = ()) -> float:
@@ -188,13 +204,19 @@ def scores(trials: Sequence[Trial], objective: str) -> dict[str, float]:
 
 
 def best(
-    trials: Mapping[str, Trial], slo_ms: Mapping[str, float | None], objective: str = "throughput", tie: float = 0.02
+    trials: Mapping[str, Trial],
+    slo_ms: Mapping[str, float | None],
+    objective: str = "throughput",
+    tie: float = 0.02,
+    margin: float = 0.0,
 ) -> tuple[str, str, bool]:
     """The candidate to adopt among ``trials``: (name, reason, whether it meets every SLO)."""
     if not trials:
         raise PlanError("no candidate was measured")
     met = [t for t in trials.values() if t.met(slo_ms)]
-    if met:
+    safe = [t for t in met if t.violation(slo_ms) <= -margin]
+    if safe or met:
+        met, tier = (safe, f"within {1 - margin:.0%} of them") if safe else (met, "within them")
         score = scores(met, objective)
         close = [t for t in met if score[t.candidate] <= 1 + tie]
         pick = min(close, key=lambda t: (t.violation(slo_ms), score[t.candidate]))
@@ -202,7 +224,7 @@ def best(
         why = (
             f"meets every SLO by measured p99 ({_worst(pick, slo_ms)}) with {pick.throughput_rps:.1f} inf/s"
             + (f", {pick.joules_per_inference:.4f} J/inf" if pick.joules_per_inference else "")
-            + f"; best by {objective} of the {len(met)} of {len(trials)} measured that meet them"
+            + f"; best by {objective} of the {len(met)} of {len(trials)} measured {tier}"
         )
         if len(close) > 1:
             why += f" (the {len(close)} within {tie:.0%} of the best: the most slack, {slack:.0%})"
@@ -221,17 +243,18 @@ def _worst(t: Trial, slo_ms: Mapping[str, float | None]) -> str:
     return f"{n} p99 {'none' if p99 is None else f'{p99:.2f} ms'} of {slo_ms[n]:.2f} ms"
 
 
-def measurement_order(cands: CandidateSet) -> list[Candidate]:
-    """The cost model's order, with multi-stream and the most protective nested candidate second and third."""
+def _confined(c: Candidate) -> int:
+    """SMs the confined instances of a structured candidate hold (fewer: more protective)."""
+    return sum(v for v in c.sizes.values() if v is not None)
+
+
+def core(cands: CandidateSet) -> list[Candidate]:
+    """Round 1: the cost model's first, multi-stream, the nested levels (most protective first), disjoint."""
     ranked = list(cands.candidates)
-    if not ranked:
-        return []
-    first = ranked[:1]
-    nested = [c for c in ranked if c.kind == "nested" and c.sizes]
-    safest = min(nested, key=lambda c: sum(v for v in c.sizes.values() if v is not None), default=None)
-    early = [c for c in ranked if c.kind == "multi-stream"] + ([safest] if safest is not None else [])
-    head = first + [c for c in early if c not in first]
-    return head + [c for c in ranked if c not in head]
+    nested = sorted((c for c in ranked if c.kind == "nested"), key=_confined)
+    picks = ranked[:1] + [c for c in ranked if c.kind == "multi-stream"] + nested
+    picks += [c for c in ranked if c.kind == "disjoint"]
+    return list({c.name: c for c in reversed(picks)}.values())[::-1]
 
 
 def select(
@@ -251,29 +274,63 @@ def select(
     ``rates_rps`` are the open-loop models' arrival rates (the window grows to see enough of
     the slowest); ``exclude`` maps candidates not to measure to the reason.
     """
-    s = settings or SelectionSettings()
-    window = s.window(rates_rps)
-    exclude = dict(exclude or {})
-    trials: dict[str, Trial] = {}
-    skipped: dict[str, str] = {}
-    t0 = clock()
-    since_change, leader = 0, None
-    for c in measurement_order(cands):
-        if c.name in exclude:
-            skipped[c.name] = exclude[c.name]
+    run = _Run(cands, trial, slo_ms, objective, settings or SelectionSettings(), dict(exclude or {}), clock)
+    window = run.settings.window(rates_rps)
+    first = core(cands)
+    for c in first:
+        run.measure(c, window)
+    adaptive = [c for c in cands.candidates if c.adaptive]
+    for c in sorted(adaptive, key=lambda c: -_confined(c)):
+        static = run.trials.get(c.adapts or "")
+        if static is None or not static.met(slo_ms):
+            run.skip(c, f"its static plan ({c.adapts}) {'missed an SLO' if static else 'was not measured'}")
+        else:
+            run.measure(c, window)
+    done = {c.name for c in first}
+    rest = [c for c in cands.candidates if c.name not in done and not c.adaptive]
+    since_change, leader = 0, run.leader()
+    for c in rest:
+        if since_change >= run.settings.patience:
+            run.skip(c, f"{run.settings.patience} trials in a row did not change the best")
             continue
-        spent = clock() - t0
-        if trials and spent + window + s.overhead_s > s.budget_s:
-            skipped[c.name] = f"the selection's {s.budget_s:g} s budget ({spent:.1f} s spent)"
-            continue
-        if since_change >= s.patience:
-            skipped[c.name] = f"{s.patience} trials in a row did not change the best"
-            continue
-        trials[c.name] = trial(c, window)
-        now = best(trials, slo_ms, objective, s.tie)[0]
-        since_change = 0 if now != leader else since_change + 1
-        leader = now
-    if not trials:
-        raise PlanError(f"no candidate could be measured: {skipped}")
-    chosen, why, met = best(trials, slo_ms, objective, s.tie)
-    return Selection(chosen, why, met, trials, skipped, clock() - t0, load)
+        if run.measure(c, window):
+            now = run.leader()
+            since_change = 0 if now != leader else since_change + 1
+            leader = now
+    if not run.trials:
+        raise PlanError(f"no candidate could be measured: {run.skipped}")
+    chosen, why, met = best(run.trials, slo_ms, objective, run.settings.tie, run.settings.margin)
+    return Selection(chosen, why, met, run.trials, run.skipped, clock() - run.t0, load)
+
+
+class _Run:
+    """The trials of one selection so far, within its budget."""
+
+    def __init__(self, cands, trial, slo_ms, objective, settings, exclude, clock) -> None:
+        self.cands, self.trial, self.slo_ms, self.objective = cands, trial, slo_ms, objective
+        self.settings, self.exclude, self.clock = settings, exclude, clock
+        self.trials: dict[str, Trial] = {}
+        self.skipped: dict[str, str] = {}
+        self.t0 = clock()
+
+    def skip(self, c: Candidate, why: str) -> None:
+        self.skipped.setdefault(c.name, why)
+
+    def measure(self, c: Candidate, window: float) -> bool:
+        """Measure ``c`` unless excluded or past the budget; whether it was."""
+        if c.name in self.trials or c.name in self.skipped:
+            return False
+        if c.name in self.exclude:
+            self.skip(c, self.exclude[c.name])
+            return False
+        spent = self.clock() - self.t0
+        if self.trials and spent + window + self.settings.overhead_s > self.settings.budget_s:
+            self.skip(c, f"the selection's {self.settings.budget_s:g} s budget ({spent:.1f} s spent)")
+            return False
+        self.trials[c.name] = self.trial(c, window)
+        return True
+
+    def leader(self) -> str | None:
+        if not self.trials:
+            return None
+        return best(self.trials, self.slo_ms, self.objective, self.settings.tie, self.settings.margin)[0]

@@ -132,7 +132,9 @@ def test_fit_corun_writes_what_plan_then_uses(profiles, tmp_path, capsys):
     assert main(["fit-corun", str(results), "--profiles", str(profiles), "--table", str(table)]) == 0
     assert table.read_text().count("\n| ") == 2 + 9  # header, rule, one row per observation
     out = capsys.readouterr().out
-    assert "interference 0.5, contention 0.3, blocking 0.0, power scale 0.4; tail (p99): not measured" in out
+    assert (
+        "interference 0.5, contention 0.3, blocking 0.0, coverage 1.0, power scale 0.4; tail (p99): not measured" in out
+    )
     fitted = json.loads((profiles / catalog.CORUN_FILE).read_text())
     assert fitted["interference"] == 0.5 and len(fitted["observations"]) == 9
     settings = catalog.fitted_settings(profiles)
