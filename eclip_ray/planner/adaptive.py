@@ -76,8 +76,12 @@ class Adaptive:
         rates: Rates,
         trial: Callable[[Candidate, float], Trial],
         clock: Callable[[], float] = time.monotonic,
+        exclude: Mapping[str, str] | None = None,
     ) -> Selection:
-        """The selection at ``load`` (a key; ``rates`` its arrivals): measured now unless it is known."""
+        """The selection at ``load`` (a key; ``rates`` its arrivals): measured now unless it is known.
+
+        ``exclude`` adds candidates not to measure (e.g. whose plans failed to capture), with the reason.
+        """
         if load in self.selections:
             return self.selections[load]
         open_rates = [r for r in rates.values() if r is not None and r > 0]
@@ -88,7 +92,7 @@ class Adaptive:
             self.objective,
             self.selection,
             rates_rps=open_rates,
-            exclude=self.excluded(rates),
+            exclude={**self.excluded(rates), **(exclude or {})},
             load=load,
             clock=clock,
         )

@@ -36,6 +36,7 @@ Pure: no torch, CUDA or Ray; the trial function is the only contact with a devic
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,8 @@ from typing import Any
 
 from eclip_ray.errors import PlanError
 from eclip_ray.planner.candidates import Candidate, CandidateSet
+
+log = logging.getLogger(__name__)
 
 OBJECTIVES = ("throughput", "energy", "balanced")
 
@@ -327,7 +330,16 @@ class _Run:
         if self.trials and spent + window + self.settings.overhead_s > self.settings.budget_s:
             self.skip(c, f"the selection's {self.settings.budget_s:g} s budget ({spent:.1f} s spent)")
             return False
-        self.trials[c.name] = self.trial(c, window)
+        try:
+            self.trials[c.name] = self.trial(c, window)
+        except PlanError as e:  # this candidate cannot run here: say so, go on
+            log.warning("the trial of %s could not run: %s", c.name, e)
+            self.skip(c, f"the trial failed: {type(e).__name__}: {e}")
+            return False
+        except Exception as e:  # one candidate that fails (a device error) is not the end of the selection
+            log.exception("the trial of %s failed", c.name)
+            self.skip(c, f"the trial failed: {type(e).__name__}: {e}")
+            return False
         return True
 
     def leader(self) -> str | None:
