@@ -326,7 +326,7 @@ class Terms:
         unit = Coefficients(1.0, 1.0, None, blocking=1.0, coverage=coverage)
         mix, state = pred.mix(obs, unit)
         names = tuple(w.name for w in mix.workers)
-        p50 = np.array([obs.p50_ms[n] for n in names])
+        p50 = np.array([obs.p50_ms.get(n, np.nan) for n in names])
         p99 = np.array([obs.p99_ms.get(n, np.nan) for n in names])
         rates = np.array([np.nan if i.rate_rps is None else i.rate_rps for i in obs.instances])
         zero = np.zeros(len(names))
@@ -510,7 +510,7 @@ def _row(pred: Predictor, o: Observation, c: Coefficients) -> dict:
         "plans": {i.name: i.plan.to_dict() for i in o.instances},
         "predicted_latency_ms": p.latency_ms,
         "measured_p50_ms": dict(o.p50_ms),
-        "latency_rel_error": {n: p.latency_ms[n] / o.p50_ms[n] - 1 for n in p.latency_ms},
+        "latency_rel_error": {n: p.latency_ms[n] / o.p50_ms[n] - 1 for n in p.latency_ms if n in o.p50_ms},
         "rates_rps": {i.name: i.rate_rps for i in o.instances},
         "predicted_p99_ms": {n: p.tail(n) for n in o.p99_ms},
         "measured_p99_ms": dict(o.p99_ms),
