@@ -108,3 +108,16 @@ def test_the_config_names_unknown_settings_and_the_profile_batch_is_the_largest_
         AdaptiveConfig.of({"profiles": "x", "windows": 3})
     assert profiled_batch(profiles, "tiny-bert", 8).key.batch_size == 4
     assert profiled_batch(profiles, "tiny-cnn", 16).key.batch_size == 1
+
+
+def test_the_serve_config_hands_each_actor_its_models_settings():
+    from eclip_ray.serve.config import AppConfig
+
+    cfg = AppConfig.model_validate(
+        {
+            "models": [{"name": "svc", "loader": "tiny-cnn", "slo_ms": 5.0}, {"name": "job", "loader": "tiny-bert"}],
+            "adaptive_plans": {"profiles": "h100", "latency_critical": ["svc", "elsewhere"], "budget_s": 4.0},
+        }
+    )
+    config = AdaptiveConfig.of(cfg.adaptive_plans.for_actor({"svc": 5.0, "job": None}))
+    assert config.latency_critical == ("svc",) and config.budget_s == 4.0 and config.slo_ms == {"svc": 5.0, "job": None}
