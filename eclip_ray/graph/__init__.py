@@ -6,10 +6,10 @@ need torch and are imported when first used (``eclip_ray.graph.ModelRunner`` sti
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from eclip_ray.graph.plan import Plan
+from eclip_ray.lazy import attributes
 
 _LAZY = {
     "CapturedGraph": "eclip_ray.graph.runner",
@@ -22,10 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = attributes(__name__, _LAZY)
 
 
 __all__ = ["CapturedGraph", "CutPoint", "ModelRunner", "Pending", "Plan", "block_cuts", "leaf_cuts", "trace_calls"]

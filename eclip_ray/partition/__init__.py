@@ -6,10 +6,10 @@ and are imported when first used (``eclip_ray.partition.StreamPool`` still works
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from eclip_ray.errors import BackendUnavailable
+from eclip_ray.lazy import attributes
 from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec
 
 if TYPE_CHECKING:
@@ -22,10 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = attributes(__name__, _LAZY)
 
 
 BACKENDS = ("auto", "cuda", "rocm", "cpu")

@@ -14,7 +14,8 @@ and joules per inference where measured. Then:
   mean of the two, each relative to the best measured); candidates within ``tie`` of the
   best count as equal, and of those the one with the most SLO slack (the least p99/SLO
   over its models) wins, since under open-loop load every candidate that keeps up serves
-  the same throughput;
+  the same throughput (with every model in a closed loop there is no tie: throughput
+  tells them apart);
 - when none meets every SLO, the one with the least violation (the smallest largest
   p99/SLO) wins, and the selection says so (``met`` False).
 
@@ -40,7 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eclip_ray.errors import PlanError
@@ -277,7 +278,10 @@ def select(
     ``rates_rps`` are the open-loop models' arrival rates (the window grows to see enough of
     the slowest); ``exclude`` maps candidates not to measure to the reason.
     """
-    run = _Run(cands, trial, slo_ms, objective, settings or SelectionSettings(), dict(exclude or {}), clock)
+    s = settings or SelectionSettings()
+    if not rates_rps:  # closed loops: throughput tells candidates apart, slack only breaks exact ties
+        s = replace(s, tie=0.0)
+    run = _Run(cands, trial, slo_ms, objective, s, dict(exclude or {}), clock)
     window = run.settings.window(rates_rps)
     first = core(cands)
     for c in first:
