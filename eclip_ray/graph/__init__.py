@@ -6,8 +6,6 @@ need torch and are imported when first used (``eclip_ray.graph.ModelRunner`` sti
 
 from __future__ import annotations
 
-from typing import Any
-
 from eclip_ray.graph.plan import Plan
 from eclip_ray.lazy import attributes
 

@@ -5,8 +5,6 @@ Names (``names.py``) import no torch; the zoo itself is imported when first used
 
 from __future__ import annotations
 
-from typing import Any
-
 from eclip_ray.lazy import attributes
 from eclip_ray.models.names import ECLIP_SET, ZOO_SET, canonical
 

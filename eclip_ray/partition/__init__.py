@@ -6,7 +6,7 @@ and are imported when first used (``eclip_ray.partition.StreamPool`` still works
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eclip_ray.errors import BackendUnavailable
 from eclip_ray.lazy import attributes
