@@ -60,7 +60,7 @@ def check_batch(spec: ServedModel, ranges: Ranges, arrays: Sequence[np.ndarray])
     """The batch's rows; InvalidInput unless ``arrays`` match the inputs' count, datatypes, shapes and ranges
     and the rows fit the largest captured batch."""
     if len(arrays) != len(spec.inputs):
-        raise InvalidInput(f"model {spec.name!r} takes {len(spec.inputs)} inputs, got {len(arrays)}")
+        raise InvalidInput(f"model {spec.name!r}: a batch needs {len(spec.inputs)} inputs, got {len(arrays)}")
     rows = {int(a.shape[0]) if a.ndim else -1 for a in arrays}
     for info, array, value_range in zip(spec.inputs, arrays, ranges, strict=True):
         if array.dtype.newbyteorder("<") != np_dtype(info.datatype):
