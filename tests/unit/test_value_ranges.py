@@ -28,17 +28,6 @@ from eclip_ray.serve._private.model_deployment import ModelDeployment
 from eclip_ray.serve._private.validate import check_inputs
 
 
-class EmbedWithMask(nn.Module):
-    """Token ids into a 50-row table, masked by a 0/1 mask that indexes nothing (loaded by import path)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.table = nn.Embedding(50, 4)
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (self.table(ids) * mask.unsqueeze(-1).to(torch.float32)).sum(1)
-
-
 class Shifted(nn.Module):
     """An embedding indexed by ids + 1 (not the input itself) and a reshaped view of a second input."""
 
@@ -53,7 +42,7 @@ class Shifted(nn.Module):
 
 EMBED = ServedModel(
     "embed",
-    "test_value_ranges:EmbedWithMask",
+    "serve_models:EmbedWithMask",
     (1, 2),
     (TensorInfo("ids", "INT64", (6,)), TensorInfo("mask", "INT64", (6,), (0, 1))),
 )
@@ -237,7 +226,7 @@ def test_onnx_gathers_on_initializers_give_the_range_of_the_inputs_they_index(tm
 
 @pytest.fixture(scope="module")
 def embed_worker():
-    w = GpuWorker([EMBED], backend="cpu", allowed_modules=["test_value_ranges"], exit_hook=_no_exit)
+    w = GpuWorker([EMBED], backend="cpu", allowed_modules=["serve_models"], exit_hook=_no_exit)
     yield w
     w.close()
 
@@ -316,7 +305,7 @@ def test_the_ingress_check_answers_400_naming_the_model_input_range_and_value():
 def test_learnt_ranges_skip_what_the_config_holds():
     cfg = AppConfig.model_validate(
         {
-            "allowed_modules": ["test_value_ranges"],
+            "allowed_modules": ["serve_models"],
             "models": [
                 {"name": "embed", "loader": EMBED.loader, "inputs": [_spec("ids", (6,)), _spec("mask", (6,), (0, 1))]}
             ],
@@ -332,7 +321,7 @@ def test_learnt_ranges_skip_what_the_config_holds():
 
 EMBED_APP = {
     "backend": "cpu",
-    "allowed_modules": ["test_value_ranges"],
+    "allowed_modules": ["serve_models"],
     "models": [
         {
             "name": "embed",
