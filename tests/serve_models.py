@@ -36,3 +36,17 @@ class IndexedTable(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return (self.table[idx] * self.scale).sum(1)
+
+
+class SimulatedAssert(IndexedTable):
+    """IndexedTable on the CPU backend, acting as a GPU does after a device-side assert: an index past the table
+    raises a device error and leaves this process's device-context probe failing for good, so that the actor's
+    sticky-fault path (fail the batches in flight, exit, be restarted by Ray) runs without a GPU."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if int(idx.max()) >= self.table.shape[0]:
+            from eclip_ray.partition.cpu import CpuBackend
+
+            CpuBackend.context_fault = lambda _self: "simulated CUDA_ERROR_ASSERT (tests/serve_models.py)"
+            raise torch.AcceleratorError("CUDA error: device-side assert triggered (simulated)")
+        return super().forward(idx)

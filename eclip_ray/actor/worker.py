@@ -136,9 +136,7 @@ class GpuWorker:
         self.device_faults = 0
         self.last_device_fault: str | None = None
         self._inflight = 0
-        self.health = DeviceHealth(
-            self.runtime.backend.context_fault, lambda: self._inflight, exit_hook or exit_process
-        )
+        self.health = DeviceHealth(self._probe, lambda: self._inflight, exit_hook or exit_process)
         try:
             self._load_all()
         except BaseException:
@@ -225,6 +223,9 @@ class GpuWorker:
                 continue
             ok.add(plan)
         return ok
+
+    def _probe(self) -> str | None:
+        return self.runtime.backend.context_fault()
 
     # -- serving ----------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 One application of three small models: ``tiny-bert`` (token ids, range from its transformers config),
 ``tiny-cnn`` (floats, no range) and ``embed``, a user's model loaded by import path whose token-id range
-the GPU actor learns from its nn.Embedding at start, beside a 0/1 mask declared in the config. The
+the GPU actor learns from its nn.Embedding at start, beside a 0/1 mask declared in the config, and
+``poison``, which acts on the CPU as a GPU does after a device-side assert. The
 fuzzing sends KServe v2 bodies, JSON and binary (``Inference-Header-Content-Length``), with hostile
 names, datatypes, shapes, lengths and values, and checks that none gets a 5xx and that good requests
 still succeed afterwards.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,13 @@ CONFIG = {
                 {"name": "ids", "datatype": "INT64", "shape": [6]},
                 {"name": "mask", "datatype": "INT64", "shape": [6], "value_range": [0, 1]},
             ],
+        },
+        # acts as a GPU after a device-side assert when an index passes its table (the last test)
+        {
+            "name": "poison",
+            "loader": f"{RAY_MODULE}:SimulatedAssert",
+            "max_batch_size": 1,
+            "inputs": [{"name": "idx", "datatype": "INT64", "shape": [8]}],
         },
     ],
     "limits": {"request_timeout_s": 10, "retry_after_s": 1, "max_request_bytes": 1 << 20},
@@ -263,3 +272,33 @@ def test_good_requests_succeed_after_the_fuzzing(app):
     assert_serving(c)
     stats = c.get("/v2/models/embed/stats").json()["model_stats"][0]
     assert all(g["available"] for g in stats["gpus"])
+
+
+def test_a_poisoned_device_context_restarts_the_actor_and_every_model_comes_back(app):
+    """The actor's sticky-fault path through real Ray (the CPU backend's probe made to fail by the model): the
+    batch gets 503, the actor exits and Ray restarts it, meanwhile every request gets a quick 503 with
+    Retry-After, then every model answers 200 from a new process."""
+    import ray
+
+    c, _ = app
+    before = ray.get(serve_load.gpu_actor(0).process.remote())["pid"]
+    r = send(c, "poison", [("idx", np.full((1, 8), 64, "<i8"))])
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert "device context is unusable (simulated CUDA_ERROR_ASSERT" in r.json()["error"]
+    t0, statuses = time.monotonic(), []
+    while time.monotonic() - t0 < 90:
+        start = time.monotonic()
+        r = send(c, "tiny-bert", GOOD["tiny-bert"])
+        assert time.monotonic() - start < 25, "an answer, not a hang"
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        time.sleep(0.25)
+    print(f"back after {time.monotonic() - t0:.1f} s: {statuses}")
+    assert statuses[-1] == 200 and 503 in statuses, statuses
+    assert_serving(c)
+    handle = serve_load.gpu_actor(0)
+    assert ray.get(handle.process.remote())["pid"] != before
+    assert ray.get(handle.stats.remote())["context_fault"] is None
+    assert send(c, "poison", [("idx", np.arange(8, dtype="<i8")[None])]).status_code == 200
