@@ -18,7 +18,8 @@ anywhere: a value past the table passes every check and reaches the device.
 
 Results are written after each phase (``--out``); the run stays inside ``--budget-s`` by shortening the
 open loop. On the CPU backend the fault request is an IndexError (500) and nothing restarts, so the run
-fails phase 2 there: the sticky path needs a GPU.
+fails phase 2 there: the sticky path needs a GPU. ``--fault-loader tests.serve_models:SimulatedAssert``
+tries the whole run on the CPU, with a model that makes the CPU backend's context probe fail.
 
     python benchmarks/serve_fault.py --out benchmarks/results/h200/fault/fault.json
 """
@@ -45,6 +46,7 @@ from eclip_ray.serve.config import AppConfig
 
 FAULT_MODEL = "fault"
 FAULT_LOADER = "tests.serve_models:IndexedTable"  # imported by Ray's workers from the repository root
+SIMULATED = "tests.serve_models:SimulatedAssert"  # the same on the CPU backend, acting as a poisoned GPU
 TABLE_ROWS = 64
 BAD_IDS = (10**7, -1)
 
@@ -61,6 +63,7 @@ class Settings:
     timeout_s: float = 30.0
     budget_s: float = 115.0
     seed: int = 0
+    fault_loader: str = FAULT_LOADER
     out: Path | None = None
 
 
@@ -69,13 +72,13 @@ def app_config(s: Settings) -> AppConfig:
     return AppConfig.model_validate(
         {
             "backend": s.backend,
-            "allowed_modules": [FAULT_LOADER.split(":")[0]],
+            "allowed_modules": [s.fault_loader.split(":")[0]],
             "models": [
                 {"name": s.text_model, **batching},
                 {"name": s.image_model, **batching},
                 {
                     "name": FAULT_MODEL,
-                    "loader": FAULT_LOADER,
+                    "loader": s.fault_loader,
                     "max_batch_size": 1,
                     "inputs": [{"name": "idx", "datatype": "INT64", "shape": [8]}],
                 },
@@ -217,9 +220,25 @@ def fault_problems(out: Mapping[str, Any], s: Settings) -> list[str]:
     return problems
 
 
+def check_fault_module(loader: str) -> None:
+    """RuntimeError unless the fault model's module is this repository's file, as Ray's workers will import it
+    (from the working directory): a ``tests`` package installed elsewhere would shadow it."""
+    import importlib.util
+
+    module = loader.split(":")[0]
+    want = Path(__file__).resolve().parents[1] / "tests" / "serve_models.py"
+    if str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))  # as Ray adds it to its workers' path
+    spec = importlib.util.find_spec(module) if Path.cwd().resolve() == want.parents[1] else None
+    if spec is None or Path(spec.origin or "").resolve() != want:
+        where = None if spec is None else spec.origin
+        raise RuntimeError(f"run from the repository root, so that {module} is {want} (it resolves to {where})")
+
+
 def run(s: Settings) -> dict[str, Any]:
     """Both phases on a local Ray instance; the result document (written to ``s.out`` after each phase)."""
     t0 = time.monotonic()
+    check_fault_module(s.fault_loader)
     config = app_config(s)
     doc: dict[str, Any] = {
         "command": serve_load.command_of(sys.argv) if Path(sys.argv[0]).name == "serve_fault.py" else None,
@@ -287,6 +306,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="client timeout: later is a lost request")
     p.add_argument("--budget-s", type=float, default=d.budget_s, help="the whole run, Ray's start included")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--fault-loader",
+        default=d.fault_loader,
+        help=f"the fault model; {SIMULATED} tries the whole run on the CPU backend (a simulated poisoning)",
+    )
     p.add_argument("--out", type=Path, help="write the result JSON here (after each phase)")
     return Settings(**vars(p.parse_args(argv)))
 
