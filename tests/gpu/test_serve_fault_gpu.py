@@ -40,6 +40,7 @@ def test_a_sticky_fault_replaces_the_actor_and_service_is_back_within_30_s(run):
     fault = run["fault"]
     assert fault["problems"] == [], fault["problems"]
     assert "device context is unusable" in fault["poison"]["error"]
+    assert "failed with CUDA_ERROR_" in fault["poison"]["error"]  # named by the driver probe, not a probe failure
     assert fault["actor_after"]["pid"] != fault["actor_before"]["pid"]
     for model in fault["models"].values():
         assert model["lost"] == 0 and model["errors"] == 0
