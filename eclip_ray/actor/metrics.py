@@ -1,4 +1,5 @@
-"""Per-GPU metrics of the actor: power, energy, joules per inference, the plan in use and the adaptive candidate.
+"""Per-GPU metrics of the actor: power, energy, joules per inference, the plan in use, the adaptive candidate,
+and device faults.
 
 ``GpuMetrics`` records nothing (plain-class use and tests); ``RayGpuMetrics``
 exports through ``ray.util.metrics`` (Ray's Prometheus endpoint) and imports
@@ -26,6 +27,12 @@ class GpuMetrics:
 
     def selection(self, seconds: float, measured: int, met: bool) -> None:
         """A measured selection took ``seconds`` over ``measured`` candidates; whether its choice met every SLO."""
+
+    def device_fault(self, sticky: bool) -> None:
+        """A batch failed on the device; ``sticky``: its device context was unusable after it."""
+
+    def context_poisoned(self) -> None:
+        """The device context became unusable: the actor is about to exit for Ray to restart it."""
 
 
 class RayGpuMetrics(GpuMetrics):
@@ -61,6 +68,19 @@ class RayGpuMetrics(GpuMetrics):
         self._selection_met = Gauge(
             "eclip_gpu_selection_slo_met", "1 if the selected candidate met every SLO when measured", tag_keys=("gpu",)
         )
+        self._faults = Counter(
+            "eclip_gpu_device_faults",
+            "Batches failed by the device; sticky: the context was unusable after it",
+            tag_keys=("gpu", "sticky"),
+        )
+        self._poisoned = Counter(
+            "eclip_gpu_context_poisoned", "Device contexts found unusable (each ends its actor)", tag_keys=("gpu",)
+        )
+        # The process exits right after a poisoning, possibly before Ray exports its last counts; its successor
+        # counts the restart, which survives.
+        restarts = Counter("eclip_gpu_actor_restarts", "GPU actors started again by Ray", tag_keys=("gpu",))
+        if _reconstructed():
+            restarts.inc(1, tags=self._tags)
 
     def power(self, watts: float) -> None:
         self._power.set(watts, tags=self._tags)
@@ -71,6 +91,12 @@ class RayGpuMetrics(GpuMetrics):
 
     def joules_per_inference(self, model: str, joules: float) -> None:
         self._jpi.set(joules, tags={**self._tags, "model": model})
+
+    def device_fault(self, sticky: bool) -> None:
+        self._faults.inc(1, tags={**self._tags, "sticky": str(sticky).lower()})
+
+    def context_poisoned(self) -> None:
+        self._poisoned.inc(1, tags=self._tags)
 
     def plan(self, model: str, label: str, previous: str | None) -> None:
         tags = {**self._tags, "model": model}
@@ -89,3 +115,12 @@ class RayGpuMetrics(GpuMetrics):
         self._selection_s.set(seconds, tags=self._tags)
         self._selection_n.set(measured, tags=self._tags)
         self._selection_met.set(1.0 if met else 0.0, tags=self._tags)
+
+
+def _reconstructed() -> bool:
+    import ray
+
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # outside an actor (tests, tools): not a restart
+        return False
