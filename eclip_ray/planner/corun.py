@@ -277,7 +277,8 @@ class Predictor:
             part = obs.layout[inst.plan.partitions[0]]
             slot = part.worker if part.worker is not None else obs.instances.index(inst)
             profile = self.profile(inst.model, inst.batch_size)
-            w = make_worker(inst.name, profile, obs.layout, slot, groups=stage_groups(profile, inst.plan))
+            groups = stage_groups(profile, inst.plan)
+            w = make_worker(inst.name, profile, obs.layout, slot, groups=groups, partitions=inst.plan.partitions)
             workers.append(w)
             state.append(tuple(obs.layout.names.index(p) for p in inst.plan.partitions))
         power = self.power if self.power is None or c.power_scale is None else self.power.scaled(c.power_scale)
