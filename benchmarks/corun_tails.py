@@ -7,9 +7,10 @@ plan, under two loads:
 
 - ``closed``: both in a closed loop, one request in flight each (the neighbour flat out);
 - ``open``: the latency-critical model gets Poisson arrivals at ``--load-fraction`` of
-  its capacity alone, the neighbour still flat out (regime A of the benchmark). Its
-  arrivals are far above what it can serve with one batch on the GPU at a time, so it
-  never idles; its latencies then count host queueing and are not recorded.
+  its capacity alone, the neighbour still flat out (regime A of the benchmark): its
+  arrivals come at four times its capacity alone, one batch on the GPU at a time, so it
+  never idles; its latencies then count host queueing and are not recorded. Both
+  models are first measured alone on the whole GPU (their capacities).
 
 Plans: ``multi-stream`` (both whole), ``nested`` (the latency-critical model whole, the
 neighbour on ``s0.c`` for each ``--nested`` size), ``disjoint`` (``s0.r`` and the rest for
@@ -51,7 +52,7 @@ PAIRS = (
     "shufflenet_v2_x1_0:albert-base:16",
 )
 WHOLE = Plan.single("whole")
-FLAT_OUT_RPS = 1e5  # the neighbour's "arrivals" in the open load: it always has a batch waiting
+FLAT_OUT = 4.0  # the neighbour's "arrivals" in the open load, x its capacity alone: it always has a batch waiting
 
 
 def plans(lc: str, nb: str, nested: list[int], disjoint: list[int], g: DeviceGeometry) -> dict[str, dict[str, Plan]]:
@@ -108,14 +109,15 @@ def run_pair(spec: str, args, doc: dict, save, t0: float) -> None:
             for ps in named.values():
                 if runner.on_gpu:
                     runner.capture(ps[n], batch[n])
-        alone = window(rt, {lc: WHOLE}, batch, Load("closed", 1), args)
-        capacity = 1e3 / alone["p50_ms"][lc]
-        rate = args.load_fraction * capacity
-        doc["isolated"][lc] = {"p50_ms": alone["p50_ms"][lc], "p99_ms": alone["p99_ms"][lc], "capacity_rps": capacity}
-        loads = {
-            "closed": (Load("closed", 1), {lc: None, nb: None}),
-            "open": (Load("poisson", rates_rps=(rate, FLAT_OUT_RPS), max_inflight=1), {lc: rate, nb: None}),
-        }
+        capacity = {}
+        for n in (lc, nb):
+            alone = window(rt, {n: WHOLE}, batch, Load("closed", 1), args)
+            capacity[n] = 1e3 / alone["p50_ms"][n]  # batches per second, one in flight, the whole GPU
+            iso = {"batch_size": batch[n], "p50_ms": alone["p50_ms"][n], "p99_ms": alone["p99_ms"][n]}
+            doc["isolated"][f"{n}_bs{batch[n]}"] = {**iso, "capacity_rps": capacity[n]}
+        rate = args.load_fraction * capacity[lc]
+        flat_out = Load("poisson", rates_rps=(rate, FLAT_OUT * capacity[nb]), max_inflight=1)
+        loads = {"closed": (Load("closed", 1), {lc: None, nb: None}), "open": (flat_out, {lc: rate, nb: None})}
         pool_dict = rt.layout.to_dict()
         for load_name, (load, rates) in loads.items():
             for label, plan_of in named.items():
@@ -149,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nested", nargs="+", type=int, default=[112, 96, 64], help="the neighbour's SMs, nested")
     ap.add_argument("--disjoint", nargs="+", type=int, default=[24], help="the latency model's SMs, disjoint")
     ap.add_argument("--load-fraction", type=float, default=0.4, help="open load: share of the model's capacity alone")
-    ap.add_argument("--warmup-s", type=float, default=0.3)
-    ap.add_argument("--window-s", type=float, default=1.0)
+    ap.add_argument("--warmup-s", type=float, default=0.2)
+    ap.add_argument("--window-s", type=float, default=0.8)
     ap.add_argument("--budget-s", type=float, default=90.0, help="start no run after this many seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test (no partitions)")
