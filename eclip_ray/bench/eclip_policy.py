@@ -82,7 +82,7 @@ def build(mix: Any, k: int = DEFAULT_K, selection: SelectionSettings | None = No
         mix.geometry,
         dict(mix.slo_ms),
         mix.objective,
-        latency_critical=getattr(mix, "latency_critical", None),
+        latency_critical=mix.latency_critical,
         power=mix.power,
         power_note=mix.power_note,
         settings=mix.planner,

@@ -251,7 +251,7 @@ def _nested(
 
 def confine_levels(g: DeviceGeometry, need: int, least: int) -> list[int]:
     """The confined partition's sizes of the nested candidates when the protected instances need ``need`` SMs."""
-    top = _floor(g.sm_count - 1, g.granularity)  # leave at least one step of SMs to the protected instances
+    top = _floor(g.sm_count - 1, g.granularity)  # the largest aligned size short of the device: some SMs stay free
     least = max(least, g.min_sms)
     levels = []
     for f in CONFINE_STEPS:
