@@ -26,6 +26,10 @@
 #      app       `eclip-ray serve` (the README's main job; its default front), its curl lines, examples/client.py
 #                (tritonclient HTTP), tritonclient gRPC for both models, Ray's Prometheus export; then
 #                serve_load.py --url against it: one client (HTTP and gRPC), capacity, 2x, R (~110 s)
+#      fault     the issue-13 check: tests/gpu/test_context_probe_gpu.py (the context probe, in a child process)
+#                and tests/gpu/test_serve_fault_gpu.py (benchmarks/serve_fault.py): bert-base token ids out of range
+#                get 400 beside resnet50, then a device-side assert forced in a user model restarts the GPU actor
+#                under load; fault.json (~100 s)
 #      haproxy   serve_load.py behind HAProxy with resnet50-u8 (UINT8 images, same weights) beside the example's
 #                models: one client for all three, capacity of resnet50 and resnet50-u8, 2x, R, then a soak at
 #                half the capacity for what is left of the budget, 60 to 150 s (~200 s)
@@ -247,6 +251,8 @@ steps() {
         --out "$W/anchor.json" ;;
       before) step before 120 bash "$ROOT/scripts/gpu_serve.sh" _before ;;
       app) step app 170 bash "$ROOT/scripts/gpu_serve.sh" _app ;;
+      fault) step fault 170 env ECLIP_FAULT_OUT="$W/fault.json" python3 -m pytest -v -s -p no:cacheprovider \
+        tests/gpu/test_context_probe_gpu.py tests/gpu/test_serve_fault_gpu.py ;;
       haproxy) export LEFT_S; LEFT_S=$(left); step haproxy 330 bash "$ROOT/scripts/gpu_serve.sh" _haproxy ;;
       table) ;;  # printed on exit, whatever ran
       *) echo "unknown step $s" ;;
@@ -256,7 +262,7 @@ steps() {
 
 case ${1:-} in
   prepare) prepare ;;
-  all) steps install anchor before app haproxy table ;;
+  all) steps install anchor before app fault haproxy table ;;
   steps) shift; steps "$@" ;;
   _install) install ;;
   _before) cd "$ROOT" && before ;;

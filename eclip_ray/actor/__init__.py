@@ -8,28 +8,22 @@ imports torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from eclip_ray.lazy import attributes
 
-if TYPE_CHECKING:
-    from eclip_ray.actor.remote import worker_class
-    from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelConfig, ModelUnavailable, TensorSpec
-    from eclip_ray.actor.worker import GpuWorker
+_SPEC = ("BatchResult", "DeviceFault", "InvalidInput", "ModelConfig", "ModelUnavailable", "Normalize", "TensorSpec")
+_LAZY = {**dict.fromkeys(_SPEC, "eclip_ray.actor.spec"), "GpuWorker": "eclip_ray.actor.worker"}
+_LAZY["worker_class"] = "eclip_ray.actor.remote"
 
-_HOME = {
-    "BatchResult": "eclip_ray.actor.spec",
-    "DeviceFault": "eclip_ray.actor.spec",
-    "ModelConfig": "eclip_ray.actor.spec",
-    "ModelUnavailable": "eclip_ray.actor.spec",
-    "TensorSpec": "eclip_ray.actor.spec",
-    "GpuWorker": "eclip_ray.actor.worker",
-    "worker_class": "eclip_ray.actor.remote",
-}
+__getattr__ = attributes(__name__, _LAZY)
 
-__all__ = ["BatchResult", "DeviceFault", "GpuWorker", "ModelConfig", "ModelUnavailable", "TensorSpec", "worker_class"]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'eclip_ray.actor' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__all__ = [
+    "BatchResult",
+    "DeviceFault",
+    "GpuWorker",
+    "InvalidInput",
+    "ModelConfig",
+    "ModelUnavailable",
+    "Normalize",
+    "TensorSpec",
+    "worker_class",
+]

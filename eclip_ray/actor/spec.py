@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from eclip_ray.actor.values import ValueRange, check_range
 from eclip_ray.errors import EclipError
 
 # KServe v2 datatype -> numpy dtype. BYTES and BF16 are left out on purpose: no served model takes them.
@@ -75,6 +76,13 @@ class DeviceFault(ModelUnavailable):
     """
 
 
+class InvalidInput(EclipError, ValueError):
+    """A batch the model cannot take (a value out of its input's range, a wrong shape): the request's fault.
+
+    Not retryable: the serving path answers 400. The actor raises it before anything reaches the device.
+    """
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -117,10 +125,17 @@ class TensorSpec:
     normalize: Normalize | None = None
     """For a UINT8 input of a model that takes floats: how the bytes become its input, on the device (a quarter of
     FP32's bytes on the wire and across the PCIe bus)."""
+    value_range: ValueRange | None = None
+    """Inputs only: the least and the greatest value a request may hold (inclusive), e.g. [0, 1] for a mask or
+    [0, rows - 1] for indices into a table; a value outside gets 400. Zoo text models and ONNX files fill it in for
+    inputs that index an embedding; the GPU actor also learns it from nn.Embedding modules at start. A declared
+    range wins."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "a tensor needs a non-empty name")
         np_dtype(self.datatype)
+        if self.value_range is not None:  # as (low, high), integers for integer datatypes (actor/values.py)
+            object.__setattr__(self, "value_range", check_range(self.value_range, self.datatype))
         _check(
             self.shape is None or all(d >= 0 for d in self.shape),
             f"tensor {self.name!r} needs a fixed shape of sizes >= 0 (graphs are captured at it), got {self.shape}",
@@ -217,6 +232,10 @@ class ModelConfig:
         _check(
             all(t.shape is not None for t in self.inputs or ()),
             f"every input of model {self.name!r} needs a fixed shape (graphs are captured at it)",
+        )
+        _check(
+            all(t.value_range is None for t in self.outputs or ()),
+            f"model {self.name!r}: value_range bounds inputs; outputs take none",
         )
 
     @property

@@ -17,10 +17,18 @@ the front's replicas. At start each model's run time alone at its smallest
 batch size is measured (``ready()["models"][m]["solo_ms"]``): the front reports
 an SLO that the model misses even alone.
 
+Every request is checked against its model's inputs before it joins a batch
+(``actor/inputs.py``): a value outside an input's range (declared, from the zoo,
+or learnt from the model's embeddings at start) is ``InvalidInput``, for that
+request alone.
+
 A device error during a batch (a CUDA or driver call failing) fails that batch
-with ``DeviceFault``, naming the GPU, the model and the call, and the actor goes
-on serving. The energy meter never fails a request: NVML failing at start or
-later turns energy off, with the reason in ``stats()``.
+with ``DeviceFault``, naming the GPU, the model and the call. Then the actor
+probes its device context (``actor/faults.py``): if it is still usable (one
+batch's out-of-memory), the actor goes on serving; if the error poisoned it (a
+device-side assert), the batches in flight and waiting fail too and the process
+exits so that Ray restarts the actor. The energy meter never fails a request:
+NVML failing at start or later turns energy off, with the reason in ``stats()``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,15 +47,27 @@ import numpy as np
 import torch
 
 from eclip_ray.actor.coalesce import Coalescer
+from eclip_ray.actor.faults import DeviceHealth, exit_process
+from eclip_ray.actor.inputs import Ranges, check_requests, resolve_ranges
 from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
-from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelConfig, ModelUnavailable, TensorSpec, torch_dtype
+from eclip_ray.actor.selection import open_adaptive, start_adaptive
+from eclip_ray.actor.spec import (
+    BatchResult,
+    DeviceFault,
+    InvalidInput,
+    ModelConfig,
+    ModelUnavailable,
+    TensorSpec,
+    torch_dtype,
+)
 from eclip_ray.energy import UnavailableMeter
 from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.runner import ModelRunner, Pending
+from eclip_ray.models.ranges import embedding_ranges
 from eclip_ray.partition.layout import DeviceGeometry, Layout
 from eclip_ray.partition.layout import from_dict as layout_from_dict
 from eclip_ray.runtime import Runtime
@@ -67,6 +87,7 @@ class _Served:
     runner: ModelRunner
     outputs: tuple[TensorSpec, ...]
     out_dtypes: tuple[torch.dtype, ...]
+    ranges: Ranges = ()
     copy_stream: torch.cuda.Stream | None = None
     solo_ms: float | None = None  # fastest run of the smallest captured batch size, alone, at start
     solo_p50_ms: float | None = None  # and the median of those runs
@@ -99,8 +120,14 @@ class GpuWorker:
     CUDA device (0 inside a Ray actor, which sees only its own GPU).
     ``plan_table`` is a path of an ``eclip_ray.planner.PlanTable`` (or an
     object with its ``lookup``); without it every model runs on the whole GPU.
+    ``adaptive`` (an ``actor.selection.AdaptiveConfig`` or its fields as a dict) builds
+    the pool from the models' candidate plans, measures them at start (or takes the
+    selection its plan table holds) and guards every batch; it takes precedence over
+    ``plan_table`` for the models it covers, and if it cannot start, the table serves.
     ``allowed_modules`` and ``allowed_model_dirs`` bound what loaders may import
-    and read, checked here again whatever the config said.
+    and read, checked here again whatever the config said. ``exit_hook(reason)``
+    is called once the device context is poisoned and the batches in flight
+    have their answers; by default it ends the process, for Ray to restart.
     """
 
     def __init__(
@@ -115,6 +142,8 @@ class GpuWorker:
         active_window_s: float = 1.0,
         energy_window_s: float = 5.0,
         metrics: bool = False,
+        exit_hook: Callable[[str], None] | None = None,
+        adaptive: Any = None,
     ) -> None:
         self.gpu = gpu
         self.device_index = device_index
@@ -125,6 +154,7 @@ class GpuWorker:
         self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
         self.table_error: str | None = None
         table = self._open_table(plan_table)
+        self.adaptive, self.adaptive_error = open_adaptive(adaptive, models, self.metrics)
         self.runtime = self._runtime(backend, table, max(1, len(models)), device_index)
         self._sm = {name: self.runtime.pool.sm_count(name) for name in self.runtime.pool.names}
         self.selector = PlanSelector(table, {m.name: m.captured_sizes() for m in models}, active_window_s)
@@ -134,6 +164,8 @@ class GpuWorker:
         self.plan_errors: list[str] = []
         self.device_faults = 0
         self.last_device_fault: str | None = None
+        self._inflight = 0  # requests in this actor: waiting for the device or on it
+        self.health = DeviceHealth(self._probe, lambda: self._inflight, exit_hook or exit_process)
         try:
             self._load_all()
         except BaseException:
@@ -158,7 +190,13 @@ class GpuWorker:
             return None
 
     def _runtime(self, backend: str, table: Any, workers: int, device_index: int) -> Runtime:
-        """The pool the table's plans were made for, else ECLIP's ladder for ``workers`` models."""
+        """The adaptive candidates' pool, else the one the table's plans were made for, else ECLIP's ladder."""
+        if self.adaptive is not None:
+            try:
+                return Runtime(backend, layout=self.adaptive.layout, device_index=device_index, require_energy=False)
+            except (PlanError, KeyError, TypeError, ValueError) as e:  # LayoutError too
+                self.adaptive, self.adaptive_error = None, f"the candidates' pool could not be made: {e}"
+                log.error("adaptive plans are off: %s", self.adaptive_error)
         try:
             layout = _table_layout(table)
             if layout is not None:
@@ -170,6 +208,9 @@ class GpuWorker:
 
     def _load_all(self) -> None:
         candidates = self.selector.candidates()
+        if self.adaptive is not None:
+            for name, plans in self.adaptive.plans().items():
+                candidates.setdefault(name, set()).update(plans)
         prepared: dict[str, set[Plan]] = {}
         for name, spec in self.specs.items():
             try:
@@ -187,6 +228,10 @@ class GpuWorker:
                 self.failed[name] = f"{type(e).__name__}: {e}"
                 log.exception("model %s failed to load on GPU %d", name, self.gpu)
         self.selector.prepare(prepared)
+        if self.adaptive is not None:
+            self.adaptive_error = start_adaptive(self.adaptive, self.models, prepared, self.metrics)
+            if self.adaptive_error:
+                self.adaptive = None
 
     def _load(self, spec: ModelConfig) -> _Served:
         entry = zoo_entry(spec, self.allowed_modules, allowed_model_dirs=self.allowed_model_dirs)
@@ -198,12 +243,17 @@ class GpuWorker:
         runner = self.runtime.load(spec.name, entry, normalize=normalize)
         example = runner.example_inputs(1)
         _check_inputs(spec, example)
-        outputs = _output_infos(spec, runner.eager(example, WHOLE_PLAN))
+        if isinstance(runner, ModelRunner):  # onnxruntime's runner has no modules: its Gathers gave entry ranges
+            out, learnt = embedding_ranges(runner.model, example, lambda: runner.eager(example, WHOLE_PLAN))
+        else:
+            out, learnt = runner.eager(example, WHOLE_PLAN), {}
+        outputs = _output_infos(spec, out)
         return _Served(
             spec=spec,
             runner=runner,
             outputs=outputs,
             out_dtypes=tuple(torch_dtype(o.datatype) for o in outputs),
+            ranges=resolve_ranges(spec, entry.ranges(), learnt),
             copy_stream=torch.cuda.Stream(runner.device) if runner.on_gpu else None,
         )
 
@@ -224,6 +274,9 @@ class GpuWorker:
             ok.add(plan)
         return ok
 
+    def _probe(self) -> str | None:
+        return self.runtime.backend.context_fault()
+
     # -- serving ----------------------------------------------------------------------------
 
     def _served(self, model: str) -> _Served:
@@ -234,34 +287,57 @@ class GpuWorker:
         raise ModelUnavailable(f"model {model!r} is not placed on GPU {self.gpu}; it serves {sorted(self.models)}")
 
     def _plan_for(self, model: str, rows: int) -> Plan:
-        plan = self.selector.observe(model, rows, time.monotonic())
-        for m, p in self.selector.current().items():
+        if self.adaptive is not None and self.adaptive.covers(model):
+            current = {model: self.adaptive.plan(model, time.perf_counter())}
+        else:
+            plan = self.selector.observe(model, rows, time.monotonic())
+            current = {**self.selector.current(), model: plan}
+        for m, p in current.items():
             text = label(p)
             if m in self._labels and self._labels[m] != text:
                 self.metrics.plan(m, text, self._labels[m])
                 self._labels[m] = text
-        return plan
+        return current[model]
+
+    def _check_usable(self) -> None:
+        if self.health.poisoned is not None:
+            raise DeviceFault(
+                f"GPU {self.gpu}'s device context is unusable ({self.health.poisoned}); its actor is restarting"
+            )
 
     async def infer(self, model: str, *requests: Sequence[np.ndarray]) -> BatchResult:
         """Run ``requests`` of ``model`` (each its arrays in the model's input order) as one batch, or joined to
-        other callers' batches waiting for the device; the result has their rows, in order."""
-        self._served(model)
+        other callers' batches waiting for the device; the result has their rows, in order.
+
+        Raises InvalidInput for a request the model cannot take (before it joins anything), DeviceFault when
+        the device fails the batch.
+        """
+        self._check_usable()
+        served = self._served(model)
         if not requests:
-            raise ValueError("infer needs at least one request")
-        rows = sum(int(r[0].shape[0]) for r in requests)
-        return await self._coalescers[model].submit(requests, rows)
+            raise InvalidInput(f"model {model!r}: a batch needs at least one request")
+        rows = check_requests(served.spec, served.ranges, requests)
+        self._inflight += 1
+        try:
+            return await self._coalescers[model].submit(requests, rows)
+        finally:
+            self._inflight -= 1
 
     async def _run_batch(self, model: str, requests: list[Sequence[np.ndarray]]) -> BatchResult:
+        self._check_usable()  # it may have waited for the device while another batch poisoned the context
         served = self._served(model)
         rows = sum(int(r[0].shape[0]) for r in requests)
         self._ensure_energy_loop()
-        plan = self._plan_for(model, rows)
         tensors = served.tensors(requests)
+        plan = self._plan_for(model, rows)
         t0 = time.perf_counter()
         try:
             outputs = await _run(served, tensors, plan)
-        except (BackendError, torch.AcceleratorError) as e:
-            raise self._device_fault(model, e) from e
+        except (BackendError, torch.AcceleratorError, torch.OutOfMemoryError) as e:
+            raise await self._device_fault(model, e) from e
+        finally:
+            if self.adaptive is not None and self.adaptive.covers(model):
+                self.adaptive.finish(model, t0, time.perf_counter())
         seconds = time.perf_counter() - t0
         served.inferences += rows
         served.batches += 1
@@ -271,13 +347,36 @@ class GpuWorker:
         self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
         return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan), rows)
 
-    def _device_fault(self, model: str, e: Exception) -> DeviceFault:
+    async def _device_fault(self, model: str, e: Exception) -> DeviceFault:
         self.device_faults += 1
-        self.last_device_fault = f"{type(e).__name__}: {e}"
-        log.error("GPU %d failed a batch of %s: %s", self.gpu, model, self.last_device_fault)
-        return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {self.last_device_fault}")
+        error = self.last_device_fault = f"{type(e).__name__}: {e}"
+        first = self.health.poisoned is None
+        poisoned = await self.health.check()
+        self.metrics.device_fault(sticky=poisoned is not None)
+        if poisoned is None:
+            log.error("GPU %d failed a batch of %s, and its context is still usable: %s", self.gpu, model, error)
+            return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {error}")
+        if first:
+            self.metrics.context_poisoned()
+            self._stop_energy()
+            log.critical(
+                "GPU %d failed a batch of %s and its device context is unusable (%s): failing the batches in "
+                "flight, then exiting for Ray to restart the actor. The error: %s",
+                self.gpu,
+                model,
+                poisoned,
+                error,
+            )
+        return DeviceFault(
+            f"GPU {self.gpu} failed a batch of model {model!r}: {error}; its device context is unusable "
+            f"({poisoned}), so its actor restarts"
+        )
 
     # -- energy -----------------------------------------------------------------------------
+
+    def _stop_energy(self) -> None:
+        if self._energy_task is not None:
+            self._energy_task.cancel()
 
     def _ensure_energy_loop(self) -> None:
         if self._energy_task is None and self.runtime.meter.available:
@@ -331,15 +430,19 @@ class GpuWorker:
     # -- reports ----------------------------------------------------------------------------
 
     def ready(self) -> dict[str, Any]:
-        """Per model: loaded or the reason not, and its tensors (outputs as learnt at start)."""
+        """Per model: loaded or the reason not, its tensors (outputs as learnt at start), the value range of each
+        input that has one (declared or learnt at start), by name, and its run time alone (at start)."""
         out = {}
+        unusable = self.health.poisoned and f"GPU {self.gpu}'s device context is unusable ({self.health.poisoned})"
         for name, spec in self.specs.items():
             served = self.models.get(name)
+            ranges = zip(spec.inputs or (), served.ranges if served else (), strict=False)
             out[name] = {
-                "ready": served is not None,
-                "error": self.failed.get(name),
+                "ready": served is not None and not unusable,
+                "error": self.failed.get(name) or unusable or None,
                 "inputs": [t.metadata() for t in spec.inputs or ()],
                 "outputs": [t.metadata() for t in served.outputs] if served else [],
+                "value_ranges": {t.name: list(r) for t, r in ranges if r is not None},
                 "solo_ms": served.solo_ms if served else None,
                 "solo_p50_ms": served.solo_p50_ms if served else None,
                 "solo_rows": min(spec.captured_sizes()),
@@ -378,8 +481,12 @@ class GpuWorker:
             "plan_fallbacks": self.selector.fallbacks,
             "plan_errors": list(self.plan_errors),
             "plan_table_error": self.table_error,
+            "adaptive": self.adaptive.stats() if self.adaptive is not None else {"active": False},
+            "adaptive_error": self.adaptive_error,
             "device_faults": self.device_faults,
             "last_device_fault": self.last_device_fault,
+            "context_probes": self.health.probes,
+            "context_fault": self.health.poisoned,
             "energy": energy,
         }
 

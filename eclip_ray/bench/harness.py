@@ -24,7 +24,7 @@ from eclip_ray.bench.execute import MixRun, record, run_in_process, run_mps
 from eclip_ray.bench.load import Load
 from eclip_ray.bench.machine import header, probe
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.partition import DeviceGeometry
 from eclip_ray.planner import catalog
 from eclip_ray.planner.mixes import instance_names

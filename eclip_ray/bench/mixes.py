@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 
 MIXES: dict[str, tuple[str, ...]] = {
     "M1": ("albert-base", "albert-base", "densenet201"),

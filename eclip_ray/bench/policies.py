@@ -16,7 +16,8 @@ the plan of each model instance, and whether requests are serialised:
 - ``kw-prealloc``: the ladder pool, every kernel group on the partition where
   it stops getting faster (its knee), switching wherever that changes, with
   no switch budget and no regard for the other models (ECLIP's KW_Prealloc).
-- ``eclip``: the optimizer's plan on the ladder pool, with the SLOs.
+- ``eclip``: candidate plans on a pool of their own, measured at every load level and
+  guarded online (``eclip_policy.py``: the adaptive policy object of ``Setup.adaptive``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from eclip_ray.bench import eclip_policy
 from eclip_ray.errors import PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec, disjoint, ladder, whole
 from eclip_ray.planner import baselines
 from eclip_ray.planner.grouping import knee
 from eclip_ray.planner.mixes import build_mix
-from eclip_ray.planner.optimizer import optimize
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
 from eclip_ray.planner.settings import PlannerSettings
@@ -58,6 +59,7 @@ class MixInputs:
     mps_share: str = "model-wise"
     mps_note: str = ""  # why MPS cannot run here; empty when it can
     planner: PlannerSettings = field(default_factory=PlannerSettings)
+    latency_critical: tuple[str, ...] | None = None  # the mix's roles; None: eclip's rule (planner/roles.py)
 
     def ladder(self) -> Layout:
         """The pool of kw-prealloc and eclip: ECLIP's per-worker ladder plus the whole GPU."""
@@ -75,6 +77,8 @@ class Setup:
     mps_percent: dict[str, int] | None = None
     skipped: str = ""
     details: dict = field(default_factory=dict)
+    layout: Layout | None = None  # the pool the policy runs on, where it brings its own
+    adaptive: object | None = None  # plans() -> {instance: {Plan}} and steering(load, trial) -> Steering
 
     @property
     def in_process(self) -> bool:
@@ -107,7 +111,9 @@ def build_all(policies: Sequence[str], mix: MixInputs) -> dict[str, Setup]:
 
 
 def policy_layout(mix: MixInputs, setup: Setup) -> Layout:
-    """The pool of one policy: the ladder where its plans may switch, else its own partitions and the whole GPU."""
+    """The pool of one policy: its own, the ladder where its plans may switch, else its partitions and the whole GPU."""
+    if setup.layout is not None:
+        return setup.layout
     if setup.policy in ("kw-prealloc", "eclip"):
         return mix.ladder()
     return Layout(mix.geometry, (*setup.partitions, whole(mix.geometry)))
@@ -179,18 +185,9 @@ def _kw_prealloc(mix: MixInputs) -> Setup:
 
 
 def _eclip(mix: MixInputs) -> Setup:
-    layout = mix.ladder()
-    plan = optimize(
-        mix.profiles,
-        layout,
-        dict(mix.slo_ms),
-        mix.objective,
-        power=mix.power,
-        power_note=mix.power_note,
-        settings=mix.planner,
-    )
-    details = {"objective": mix.objective, "optimal": plan.optimal, "predicted": plan.predicted.to_dict()}
-    return Setup("eclip", plan.plans(), details=details)
+    policy, details = eclip_policy.build(mix)
+    first = policy.adaptive.candidates.candidates[0]
+    return Setup("eclip", dict(first.plans), details=details, layout=policy.adaptive.candidates.layout, adaptive=policy)
 
 
 _BUILDERS = {

@@ -1,21 +1,17 @@
 """Models served by eclip_ray: the zoo of torchvision and transformers models with random weights.
 
-The names load on first use, so that ``eclip_ray.models.sources`` (which the
-HTTP front uses to check loaders) imports without torch.
+Names (``names.py``) import no torch; the zoo itself is imported when first used.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from eclip_ray.lazy import attributes
+from eclip_ray.models.names import ECLIP_SET, ZOO_SET, canonical
 
-if TYPE_CHECKING:
-    from eclip_ray.models.zoo import ECLIP_SET, ZOO_SET, ZooModel, get, register
-
-__all__ = ["ECLIP_SET", "ZOO_SET", "ZooModel", "get", "register"]
+_LAZY = dict.fromkeys(("ZooModel", "get", "register"), "eclip_ray.models.zoo")
 
 
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module 'eclip_ray.models' has no attribute {name!r}")
-    return getattr(importlib.import_module("eclip_ray.models.zoo"), name)
+__getattr__ = attributes(__name__, _LAZY)
+
+
+__all__ = ["ECLIP_SET", "ZOO_SET", "ZooModel", "canonical", "get", "register"]

@@ -37,6 +37,9 @@ class CpuBackend(PartitionBackend):
     def new_stream(self, partition: Partition) -> None:
         return None
 
+    def context_fault(self) -> str | None:
+        return None  # the host has no device context to lose
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,

@@ -12,6 +12,8 @@ graph for inputs left undeclared.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from eclip_ray.models.sources import check_allowed, check_onnx_allowed, is_impor
 
 __all__ = [
     "DEFAULT_FRONT",
+    "AdaptivePlans",
     "AppConfig",
     "Front",
     "Limits",
@@ -99,6 +102,34 @@ class Limits(BaseModel):
     retry_after_s: int = Field(1, ge=0, description="Retry-After header (seconds) of 503 responses.")
 
 
+class AdaptivePlans(BaseModel):
+    """Plans chosen by measuring: candidates from profiles, a selection at start, a guard per batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profiles: str = Field(description="Profile set (benchmarks/profiles/<name>) or directory of the GPUs' card.")
+    latency_critical: list[str] | None = Field(
+        None, description="Models to protect from batch neighbours. None: the planner's rule (docs/optimizer.md)."
+    )
+    objective: Literal["throughput", "energy", "balanced"] = Field(
+        "throughput", description="What the choice maximises."
+    )
+    k: int = Field(8, ge=0, le=32, description="Candidates the cost model adds beyond the structured ones.")
+    trial_window_s: float = Field(0.5, gt=0, le=10, description="Measured window per candidate at start.")
+    budget_s: float = Field(10.0, gt=0, le=120, description="Most seconds one selection spends measuring.")
+    table: str | None = Field(
+        None, description="Plan table the measured selections are kept in (a restart then measures nothing)."
+    )
+    guard_hold_s: float = Field(3.0, gt=0, description="Calm time before the guard moves back after a breach.")
+
+    def for_actor(self, slo_ms: Mapping[str, float | None]) -> dict[str, Any]:
+        """The ``adaptive`` argument (``actor.selection.AdaptiveConfig`` fields) of the actor of ``slo_ms``' models."""
+        out = {**self.model_dump(), "slo_ms": dict(slo_ms)}
+        if self.latency_critical is not None:
+            out["latency_critical"] = [m for m in self.latency_critical if m in slo_ms]
+        return out
+
+
 class AppConfig(BaseModel):
     """An application: models co-located on ``gpus`` GPUs, each GPU run by one actor."""
 
@@ -129,6 +160,11 @@ class AppConfig(BaseModel):
     plan_table: str | None = Field(
         None, description="Plan table (eclip_ray.planner) giving each active mix's plans; none: whole GPU."
     )
+    adaptive_plans: AdaptivePlans | None = Field(
+        None,
+        description="Choose each GPU's plans by measuring its models' candidate plans at start and guarding them "
+        "per batch (docs/optimizer.md); takes precedence over plan_table for the models of a GPU that it covers.",
+    )
     plan_active_window_s: float = Field(
         1.0, gt=0, description="A model counts as active in the mix if it ran a batch this recently."
     )
@@ -148,7 +184,7 @@ class AppConfig(BaseModel):
         gt=0,
         description="End-to-end limit of one HTTP request in Serve's proxy, which answers 408 beyond it (Serve's "
         "http_options.request_timeout_s). None: twice limits.request_timeout_s plus 5 s, past the longest the "
-        "model deployments wait (for a GPU actor, then for its answer).",
+        "ingress waits (for a GPU actor, then for its answer).",
     )
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead GPU actor.")
     actor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each GPU actor.")
@@ -178,15 +214,19 @@ class AppConfig(BaseModel):
 
     def resolved(self) -> AppConfig:
         """This config with every zoo model's inputs filled in from the zoo, and every ONNX model's from its
-        graph (builds no weights; imports torch where an input is left undeclared)."""
+        graph, value ranges included (builds no weights; imports torch, where the app is built)."""
         models = []
         for m in self.models:
             if is_onnx(m.loader_name):
                 m = _resolved_onnx(m, self.allowed_model_dirs)
-            elif m.inputs is None:
+            elif not is_import_path(m.loader_name):
                 from eclip_ray.actor.loader import zoo_inputs
 
-                m = m.with_inputs(zoo_inputs(m.loader_name))
+                if m.inputs is None:
+                    m = _with_inputs(m, zoo_inputs(m.loader_name))
+                else:
+                    with contextlib.suppress(KeyError):  # not in the zoo: the GPU actor reports it when it loads
+                        m = _with_inputs(m, zoo_inputs(m.loader_name))
             models.append(m)
         return self.model_copy(update={"models": models})
 
@@ -228,7 +268,7 @@ class AppConfig(BaseModel):
 
 def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelConfig:
     """``m`` with its inputs read from the ONNX graph (declared ones fix symbolic dimensions)."""
-    from eclip_ray.actor.loader import onnx_entry
+    from eclip_ray.actor.loader import entry_inputs, onnx_entry
 
     entry = onnx_entry(m.loader_name, allowed_model_dirs, m.name, m.inputs or ())
     batch = entry.meta["onnx"].batch_size  # None: any batch size
@@ -237,10 +277,18 @@ def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelCo
             f"model {m.name!r}: {Path(entry.meta['path']).name} was exported for batches of exactly {batch} rows; "
             "export it with a dynamic batch dimension (batches are padded to each of batch_sizes)"
         )
-    if m.inputs is not None:
-        return m
-    io = zip(entry.input_names, entry.input_shapes, entry.input_dtypes, strict=True)
-    return m.with_inputs([TensorSpec(name=n, datatype=d, shape=tuple(s)) for n, s, d in io])
+    return _with_inputs(m, entry_inputs(entry))
+
+
+def _with_inputs(m: ModelConfig, found: Sequence[TensorSpec]) -> ModelConfig:
+    """``m`` with the inputs ``found`` (from the zoo or a graph) where it declares none; where it does, each
+    declared input without a value range takes the one found for its name."""
+    if m.inputs is None:
+        return m.with_inputs(found)
+    ranges = {t.name: t.value_range for t in found}
+    return m.with_inputs(
+        [t if t.value_range is not None else dataclasses.replace(t, value_range=ranges.get(t.name)) for t in m.inputs]
+    )
 
 
 def queue_size(model: ModelConfig, limits: Limits) -> int:

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from eclip_ray.actor.spec import BatchResult, ModelConfig, ModelUnavailable
+from eclip_ray.actor.spec import BatchResult, InvalidInput, ModelConfig, ModelUnavailable
 from eclip_ray.serve._private.admission import FrontLimit
 from eclip_ray.serve._private.batching import Batcher, BatchPolicy
 from eclip_ray.serve._private.errors import RequestError, unavailable
+from eclip_ray.serve._private.learnt import LearntRanges
 from eclip_ray.serve._private.metrics import ServeMetrics
 from eclip_ray.serve._private.routing import ActorRouter, Route
 from eclip_ray.serve._private.stats import ModelStats
@@ -106,6 +107,8 @@ class ModelFront:
         self.slo_note: str | None = None
         self._slo_check: asyncio.Task | None = None
         self._slo_checked = 0.0
+        self._learnt = LearntRanges(model)  # value ranges an actor learnt at start, beyond the config's
+        self._learning: asyncio.Task | None = None
 
     async def _fetch_actors(self) -> Sequence[tuple[int, Any]]:
         return await self._fleet.actors_for.remote(self.cfg.name)
@@ -116,6 +119,9 @@ class ModelFront:
         """One checked request (arrays in the model's input order): its rows of its batch's result."""
         if self.batcher.slo_feasible is None and self.cfg.slo_ms is not None:
             await self.check_slo()  # once: the first requests wait for it, so none is refused for an SLO in vain
+        problem = self._out_of_range(inputs)
+        if problem is not None:  # alone, with 400, rather than failing the batch it would join in the actor
+            raise RequestError(400, f"model {self.cfg.name!r}: {problem}")
         t0 = time.perf_counter()
         try:
             result = await self.batcher.submit(inputs, rows)
@@ -125,6 +131,14 @@ class ModelFront:
         self.stats.succeeded(rows, time.perf_counter() - t0, result.queue_s)
         self.metrics.queued(self.cfg.name, result.queue_s)
         return result
+
+    def _out_of_range(self, inputs: Sequence[np.ndarray]) -> str | None:
+        """A range an actor learnt that the request breaks; until an actor has answered, it asks in the background
+        (meanwhile the actor's own check stands)."""
+        if self._learning is None and self._learnt.due():
+            self._learning = asyncio.get_running_loop().create_task(self.ready())
+            self._learning.add_done_callback(lambda _: setattr(self, "_learning", None))
+        return self._learnt.problem(inputs)
 
     async def _run(self, requests: list[Sequence[np.ndarray]]) -> BatchResult:
         """One batch to the least busy actor hosting the model; if that actor is down, to the next replica."""
@@ -170,6 +184,8 @@ class ModelFront:
         cause = e.cause if isinstance(e, RayTaskError) else e
         if isinstance(cause, ModelUnavailable):
             return self._unavailable(str(cause))
+        if isinstance(cause, InvalidInput):  # the actor's own check: the request's fault, not the server's
+            return RequestError(400, str(cause))
         log.error("batch of %s failed on GPU %d: %r", self.cfg.name, gpu, cause)
         return RequestError(500, f"model {self.cfg.name!r} failed on GPU {gpu}: {type(cause).__name__}: {cause}")
 
@@ -225,6 +241,7 @@ class ModelFront:
             state = answer["models"][self.cfg.name]
             if state["ready"]:
                 ready, self.outputs = True, state["outputs"]
+                self._learnt.learn(state)
                 if state.get("solo_ms") is not None:
                     solo.append((state["solo_ms"], state.get("solo_rows", 1), state.get("solo_p50_ms")))
             else:
