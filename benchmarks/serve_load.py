@@ -524,9 +524,29 @@ def _model_settings(cfg: Any) -> dict[str, Any]:
     return {**{k: v for k, v in fields.items() if v is not None}, "input_datatypes": [t["datatype"] for t in inputs]}
 
 
+def git_commit() -> str | None:
+    """The commit of the code this runs (None outside a git checkout)."""
+    import subprocess
+
+    import eclip_ray
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(eclip_ray.__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def header(argv: Sequence[str], config: AppConfig, model: str) -> dict[str, Any]:
     return {
         "command": command_of(argv),
+        "commit": git_commit(),
         "date": results.now_iso(),
         "machine": machine(),
         "backend": config.backend,
