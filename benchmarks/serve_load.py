@@ -598,9 +598,11 @@ def run_load(
         checkpoint(out)
     capacity = s.capacity_rps
     if capacity is None:
+        before = model_stats(url, model.name)
         out["capacity"] = asyncio.run(
             closed_loop(target, s.concurrency, s.capacity_s, s.timeout_s, processes=s.processes)
         )
+        out["capacity"]["batching"] = batching(before, model_stats(url, model.name))  # warm-up included
         capacity = out["capacity"]["capacity_rps"]
         if capacity <= 0:
             raise RuntimeError(f"model {model.name!r} answered no request in the closed loop: {out['capacity']}")
