@@ -16,8 +16,8 @@ eclip_ray runs in the serving path.
     python benchmarks/serve_anchor.py --config deployments/example.yaml --model resnet50 --out /tmp/anchor.json
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route's `request: Request` annotation in the replica,
+# where the class arrives pickled by value, without this module's globals.
 import argparse
 import asyncio
 import contextlib
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import serve_load
+from fastapi import FastAPI, Request
 
 from eclip_ray.bench import results
 from eclip_ray.serve.config import AppConfig, ModelConfig
@@ -83,7 +84,6 @@ class PlainModel:
 
 def app_of(model: ModelConfig, device: str, gpu_share: float):
     """The plain Serve application of ``model``: FastAPI ingress, ``@serve.batch``, ``gpu_share`` of a GPU."""
-    from fastapi import FastAPI, Request
     from ray import serve
 
     api = FastAPI()

@@ -184,15 +184,20 @@ BACKEND=${BACKEND:-cuda}
 LOAD=(--config "$SERVE_CONFIG" --model "$MODEL" --concurrency 32 --client-processes 4 --capacity-s 6
   --duration-s 15 --overhead-s 4 --ingress-replicas 4 --timeout-s 70)
 
+restore() {  # this tree's eclip_ray back in place, if before() swapped it out (also after a kill or a timeout)
+  if [[ -d $ROOT/eclip_ray.after ]]; then rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray"; fi
+}
+
 before() {  # this tree's serve_load.py on the code of before/ (swapped in for the editable install, and back)
   [[ -d $ROOT/before/eclip_ray ]] || { echo "no $ROOT/before: run prepare" >&2; return 2; }
-  local r
+  local r rc=0 config=$SERVE_CONFIG  # the example as it was then (today's has keys the old config does not know)
   r=$(equal_rps)
-  mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
-  trap 'rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray"' RETURN
-  local config=$SERVE_CONFIG  # the example as it was then (today's has keys the old config does not know)
   [[ $config == deployments/example.yaml ]] && config=before/deployments/example.yaml
-  python3 benchmarks/serve_load.py "${LOAD[@]}" --config "$config" ${r:+--equal-rps "$r"} --out "$W/before.json"
+  trap restore EXIT TERM INT
+  mv "$ROOT/eclip_ray" "$ROOT/eclip_ray.after" && cp -r "$ROOT/before/eclip_ray" "$ROOT/eclip_ray"
+  python3 benchmarks/serve_load.py "${LOAD[@]}" --config "$config" ${r:+--equal-rps "$r"} --out "$W/before.json" || rc=$?
+  restore
+  return "$rc"  # 1: the run's verdict failed (its JSON says why); the step goes on
 }
 
 app() {  # the README's main job, clients against it, then the load phases through its default front
@@ -223,6 +228,7 @@ app() {  # the README's main job, clients against it, then the load phases throu
 
 haproxy() {  # behind HAProxy, with a UINT8 copy of resnet50, and the soak for what the budget leaves
   local r soak
+  set +e  # a failed verdict (exit 1) is a result, written in the JSON
   r=$(equal_rps)
   soak=$(( $(left) - 150 ))
   (( soak > 150 )) && soak=150
@@ -234,7 +240,7 @@ haproxy() {  # behind HAProxy, with a UINT8 copy of resnet50, and the soak for w
 steps() {
   mkdir -p "$W"
   export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32 RAY_USAGE_STATS_ENABLED=0
-  trap 'python3 "$ROOT/scripts/gpu_serve_table.py" "$W" > "$W/table.md" 2>&1; cat "$W/table.md";
+  trap 'restore; python3 "$ROOT/scripts/gpu_serve_table.py" "$W" > "$W/table.md" 2>&1; cat "$W/table.md";
         tar czf "$OUT/results.tgz" -C "$W" .; ls -la "$W"' EXIT
   {
     date -u +%FT%TZ
@@ -243,6 +249,7 @@ steps() {
     git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "no git"
   } >> "$W/versions.txt" 2>&1
   cd "$ROOT"
+  restore  # a before step cut short in an earlier call
   for s in "$@"; do
     case $s in
       install) step install 180 bash "$ROOT/scripts/gpu_serve.sh" _install ;;
