@@ -3,9 +3,11 @@
     python examples/app.py                 # a local Ray instance, serving until Ctrl-C
     serve run examples.app:app             # the same app with Ray Serve's CLI (from the repository root)
 
-It is the application of deployments/example.yaml. Models load in the
-background: GET /v2/health/ready answers 200 once both are up. Then try
-examples/client.py.
+It is the application of deployments/example.yaml: KServe v2 over HTTP on port
+8000 and over gRPC on port 9000. Models load in the background: GET
+/v2/health/ready answers 200 once both are up (with a warning for an SLO the
+hardware cannot meet, e.g. these GPU SLOs on the CPU backend). Then try
+`python examples/client.py --grpc 127.0.0.1:9000`.
 """
 
 from eclip_ray.serve import AppConfig, ModelConfig, build_app
@@ -13,7 +15,7 @@ from eclip_ray.serve import AppConfig, ModelConfig, build_app
 config = AppConfig(
     gpus=1,  # one GPU actor; without a GPU it runs the CPU backend
     models=[
-        # Example SLOs for an H100; batching never waits past what the SLO leaves.
+        # Example SLOs for a GPU; batching never waits past what the SLO leaves.
         ModelConfig(name="resnet50", max_batch_size=8, batch_wait_timeout_s=0.005, slo_ms=50),
         ModelConfig(name="bert-base", max_batch_size=8, batch_wait_timeout_s=0.005, slo_ms=100),
     ],
@@ -28,9 +30,10 @@ def main() -> None:
     from ray import serve
 
     ray.init()
-    serve.start(http_options=config.http_options())
+    serve.start(**config.serve_options())  # HTTP, gRPC, a proxy on every node
     serve.run(app, name="eclip-example", route_prefix="/")
-    print(f"serving at http://{config.host}:{config.port}/v2; models are ready when /v2/health/ready says 200")
+    print(f"serving at http://{config.host}:{config.port}/v2 and gRPC {config.host}:{config.grpc_port}; models are")
+    print("ready when /v2/health/ready says 200")
     try:
         while True:
             time.sleep(3600)

@@ -21,8 +21,12 @@ def _lat(d: dict | None, key: str) -> float | None:
     return None if not d else (d.get("accepted_latency_ms") or {}).get(key)
 
 
+def _model(doc: dict) -> str:
+    return (doc.get("model") or {}).get("name", "resnet50")
+
+
 def row(name: str, label: str, doc: dict) -> str:
-    model = "resnet50"
+    model = _model(doc)
     one = (doc.get("overhead") or {}).get(model, {})
     solo = one.get("solo") or {}
     cap = (doc.get("capacity") or {}).get("capacity_rps")
@@ -53,7 +57,7 @@ def goals(docs: dict[str, dict]) -> list[str]:
         doc = docs.get(name)
         if not doc:
             continue
-        one = (doc.get("overhead") or {}).get("resnet50", {})
+        one = (doc.get("overhead") or {}).get(_model(doc), {})
         http, solo = (one.get("http_binary") or {}).get("p50_ms"), (one.get("solo") or {}).get("solo_p50_ms")
         if http is not None and solo is not None:
             out.append(
@@ -62,7 +66,8 @@ def goals(docs: dict[str, dict]) -> list[str]:
             )
         cap = (doc.get("capacity") or {}).get("capacity_rps")
         if cap is not None:
-            out.append(f"{name}: ResNet-50 capacity {cap:.0f} req/s vs 1000: " + ("met" if cap >= 1000 else "NOT met"))
+            verdict = "met" if cap >= 1000 else "NOT met"
+            out.append(f"{name}: {_model(doc)} capacity {cap:.0f} req/s vs 1000: {verdict}")
         o = doc.get("open_loop") or {}
         if o:
             p99, slo = _lat(o, "p99"), o.get("slo_ms")
@@ -112,6 +117,8 @@ def main() -> int:
     missing = [n for n, _ in RUNS if n not in docs]
     if missing:
         print(f"- not run or no result: {', '.join(missing)}")
+    if (work / "fault.json").is_file():
+        print("- fault: fault.json (tests/gpu/test_serve_fault_gpu.py's verdict is in fault.log)")
     return 0
 
 
