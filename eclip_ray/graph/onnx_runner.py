@@ -60,9 +60,9 @@ class OrtRunner:
 
 
 def runner_for(
-    name: str, model: OnnxModel, pool: StreamPool, dtype: torch.dtype | None = None
+    name: str, model: OnnxModel, pool: StreamPool, dtype: torch.dtype | None = None, priority: int = 0
 ) -> OrtRunner | ModelRunner:
-    """onnxruntime on the CPU backend; on a GPU, the converted module on the pool's partitions."""
+    """onnxruntime on the CPU backend (no streams: ``priority`` ignored); on a GPU, the converted module."""
     if pool.device.type == "cpu":
         return OrtRunner(name, model, pool)
-    return ModelRunner(name, model.to_module(), model.make_inputs, pool, dtype=dtype)
+    return ModelRunner(name, model.to_module(), model.make_inputs, pool, dtype=dtype, priority=priority)
