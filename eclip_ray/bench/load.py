@@ -53,7 +53,9 @@ class Load:
         n = len(self.rates_rps)
         closed = set(self.closed_lanes)
         if not closed or not closed <= set(range(n)) or len(closed) != len(self.closed_lanes):
-            raise ValueError(f"a mixed load names distinct closed lanes among its {n} instances, got {self.closed_lanes}")
+            raise ValueError(
+                f"a mixed load names distinct closed lanes among its {n} instances, got {self.closed_lanes}"
+            )
         bad = [i for i, r in enumerate(self.rates_rps) if (r != 0 if i in closed else not r > 0)]
         if bad:
             raise ValueError(f"a mixed load needs rate 0 on its closed lanes and > 0 on the others; lanes {bad} differ")

@@ -185,9 +185,7 @@ class CudaGreenBackend(PartitionBackend):
             return torch.cuda.Stream(device=self.device(), priority=priority)
         flags = self._cu.CUstream_flags.CU_STREAM_NON_BLOCKING
         what = f"partition {partition.name!r} ({partition.sm_count} SMs), priority {priority}"
-        raw = check(
-            self._cu.cuGreenCtxStreamCreate(partition.context, flags, priority), "cuGreenCtxStreamCreate", what
-        )
+        raw = check(self._cu.cuGreenCtxStreamCreate(partition.context, flags, priority), "cuGreenCtxStreamCreate", what)
         self._streams.append(raw)
         return torch.cuda.ExternalStream(int(raw), device=self.device())
 

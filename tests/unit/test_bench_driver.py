@@ -237,8 +237,8 @@ def test_a_steering_chooses_every_plan_and_observes_on_schedule():
     lanes = _lanes([], 1.0, 1.0)
     for lane in lanes:
         plain = lane.runner.submit
-        lane.runner.submit = lambda inputs, plan, plain=plain, n=lane.name: submitted.append((n, plan)) or plain(
-            inputs, plan
+        lane.runner.submit = lambda inputs, plan, plain=plain, n=lane.name: (
+            submitted.append((n, plan)) or plain(inputs, plan)
         )
     steer = Recorder()
     w = drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.2, steering=steer)

@@ -15,7 +15,7 @@ import pytest
 from bench_fixtures import write_profiles
 
 from eclip_ray.bench import BenchConfig, merge_files, publish, report, results, run
-from eclip_ray.bench.policies import POLICIES
+from eclip_ray.bench.policies import PAPER_POLICIES as POLICIES
 from eclip_ray.cli import main
 
 FAST = ["--window-s", "0.5", "--warmup-s", "0.2", "--isolated-s", "0.3", "--backend", "cpu"]
