@@ -55,6 +55,7 @@ class ProfileSet:
 def run(cfg: BenchConfig) -> dict[str, Any]:
     """Run ``cfg``; return the part document (also written to ``cfg.out`` after every result)."""
     backend, geometry, info = probe(cfg.backend)
+    _check_plans(cfg, geometry)
     doc = _document(cfg, info)
 
     def save() -> None:
@@ -81,6 +82,19 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         _on_mps(cfg, cases, backend, on_mps, lambda i, c, p: _setup(setups, i, c, p), budget, save)
     save()
     return doc
+
+
+def _check_plans(cfg: BenchConfig, geometry: DeviceGeometry) -> None:
+    """A user's fixed plan that cannot be made on this device is an error before any GPU time is spent."""
+    for p in (p for p in cfg.policies if p.startswith(policies.FIXED)):
+        for label, instances in cfg.mixes.items():
+            models = [i.model for i in instances]
+            names = instance_names(models)
+            mix = policies.MixInputs(tuple(names), {}, geometry, models=dict(zip(names, models, strict=True)))
+            try:
+                policies.fixed(mix, p[len(policies.FIXED) :])
+            except ValueError as e:
+                raise ValueError(f"--plan {p[len(policies.FIXED) :]!r} on mix {label}: {e}") from e
 
 
 def _setup(setups: dict, i: int, case: Case, policy: str) -> policies.Setup:

@@ -78,6 +78,7 @@ def window_metrics(
             "unserved": r.unserved,
             "throughput_rps": done / w.seconds,
             "goodput_rps": sum(x <= slo_ms[name] for x in r.latencies_ms) * r.batch_size / w.seconds,
+            "late_unfinished": sum(a > slo_ms[name] for a in r.unfinished_ms),
             "latency_cdf_ms": cdf(r.latencies_ms) if r.latencies_ms else [],
         }
     lat = {n: r.latencies_ms for n, r in w.lanes.items()}
@@ -109,7 +110,9 @@ def window_metrics(
 
 def _attained(r, slo: float) -> float:
     if not r.latencies_ms and not any(a > slo for a in r.unfinished_ms):
-        return 0.0  # completed nothing in the window: attained none of its SLO
+        # Nothing arrived and nothing waits (an open loop at a low rate): nothing was missed. Otherwise it
+        # completed nothing in the window: it attained none of its SLO.
+        return 1.0 if r.arrivals == 0 and not r.unfinished_ms else 0.0
     return attainment(r.latencies_ms, slo, r.unfinished_ms)
 
 

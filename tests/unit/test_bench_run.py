@@ -208,3 +208,82 @@ def test_publish_without_a_readme_still_draws(work, part_a):
     summary = results.read(part_a)
     written = publish(summary, None, work / "only_plots")
     assert written["plots"] and "readme" not in written
+
+
+MIX = "tiny-cnn@1,tiny-cnn@4/batch"  # a service beside a batch job of the same small model: fast on a CPU
+SEARCH = ["--search-steps", "2", "--step-window-s", "0.15", "--step-warmup-s", "0.05", "--final-window-s", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def part_ab(work) -> Path:
+    """Regimes A and B on a service beside a batch job, with a fixed plan, through the command line."""
+    out = work / "parts" / "ab.json"
+    argv = ["bench", "--models", MIX, "--label", "hetero", "--regimes", "A", "B", *FAST]
+    argv += [*SEARCH, "--slo-factor", "50", "--policies", "multi-stream", "stream-priority", "time-share", "mps-equal"]
+    argv += ["--plan", "tiny-cnn=whole,tiny-cnn-2=64", "--profiles", str(work / "profiles"), "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def test_regimes_a_and_b_search_every_policy_and_each_model_alone(part_ab):
+    doc = results.read(part_ab)
+    mix = doc["mixes"]["hetero"]
+    assert set(mix["scenarios"]) == {"A-bs1,4-slo50x", "B-bs1,4-slo50x"}
+    a, b = mix["scenarios"]["A-bs1,4-slo50x"], mix["scenarios"]["B-bs1,4-slo50x"]
+    assert a["roles"] == {"tiny-cnn": "latency", "tiny-cnn-2": "batch"} and a["load"]["open"] == ["tiny-cnn"]
+    assert set(a["alone"]) == {"tiny-cnn"} and set(b["alone"]) == {"tiny-cnn", "tiny-cnn-2"}
+    assert a["alone"]["tiny-cnn"] == b["alone"]["tiny-cnn"]  # searched once, kept for both regimes
+    assert a["alone"]["tiny-cnn"]["capacity_rps"] == pytest.approx(doc["isolated"]["tiny-cnn"]["bs1"]["throughput_rps"])
+    for sc in (a, b):
+        assert set(sc["policies"]) == {
+            "multi-stream",
+            "stream-priority",
+            "time-share",
+            "mps-equal",
+            "fixed:tiny-cnn=whole,tiny-cnn-2=64",
+        }
+        assert sc["policies"]["mps-equal"]["status"] == "skipped"
+        for p in ("multi-stream", "stream-priority", "time-share", "fixed:tiny-cnn=whole,tiny-cnn-2=64"):
+            r = sc["policies"][p]
+            assert r["status"] == "ok", (p, r["reason"])
+            assert r["regime"] == sc["regime"] and 1 <= len(r["search"]["trials"]) <= 2
+            assert r["slo_checked"] == sc["load"]["open"] and set(r["offered_rps"]) == set(sc["load"]["open"])
+            assert r["normalised_throughput"] > 0 and r["goodput_rps"] >= 0
+    fixed = a["policies"]["fixed:tiny-cnn=whole,tiny-cnn-2=64"]["setup"]
+    assert {p["name"] for p in fixed["pool"]["partitions"]} == {"s0.64", "whole"}
+    assert a["policies"]["stream-priority"]["setup"]["stream_priority_asked"]["tiny-cnn-2"] == 0
+    assert a["settings"]["search"]["steps"] == 2 and a["settings"]["slo_factor"] == 50
+
+
+def test_regime_report_has_its_tables_curves_and_goal(work, part_ab):
+    out = work / "results_ab" / "summary.json"
+    assert main(["bench", "merge", str(part_ab), "--out", str(out)]) == 0
+    text = (out.parent / "README.md").read_text()
+    assert "### Regime A, a batch job beside services: A-bs1,4-slo50x" in text and "SLO = 50x the isolated p99" in text
+    assert "| hetero | each alone |" in text and "| hetero | multi-stream |" in text
+    assert "Goal of issue 15 in regime B" in text and "no eclip result" in text
+    assert "fixed:tiny-cnn=whole,tiny-cnn-2=64 are not baselines" in text
+    pngs = {p.name for p in (out.parent / "plots").glob("*.png")}
+    assert {"attainment_A-bs1_4-slo50x.png", "goodput_B-bs1_4-slo50x.png"} <= pngs
+
+
+def test_a_search_cut_short_by_the_deadline_is_resumed(work, part_ab):
+    doc = results.read(part_ab)
+    r = doc["mixes"]["hetero"]["scenarios"]["A-bs1,4-slo50x"]["policies"]["time-share"]
+    r["search"]["complete"] = False
+    kept = doc["mixes"]["hetero"]["scenarios"]["A-bs1,4-slo50x"]["policies"]["multi-stream"]
+    resumed = work / "parts" / "ab_resumed.json"
+    results.write(doc, resumed)
+    argv = ["bench", "--models", MIX, "--label", "hetero", "--regimes", "A", "B", *FAST]
+    argv += [*SEARCH, "--slo-factor", "50", "--policies", "multi-stream", "time-share"]
+    argv += ["--profiles", str(work / "profiles"), "--out", str(resumed), "--resume"]
+    assert main(argv) == 0
+    again = results.read(resumed)["mixes"]["hetero"]["scenarios"]["A-bs1,4-slo50x"]["policies"]
+    assert again["time-share"]["search"]["complete"] and again["multi-stream"] == kept
+
+
+def test_a_bad_plan_fails_before_any_measurement(work):
+    with pytest.raises(ValueError, match="--plan 'tiny-cnn=12' on mix hetero"):
+        main(["bench", "--models", "tiny-cnn,tiny-bert", "--label", "hetero", *FAST, "--plan", "tiny-cnn=12",
+              "--out", str(work / "never.json")])  # fmt: skip
+    assert not (work / "never.json").exists()
