@@ -39,7 +39,7 @@ class FakeSession:
         plan = (plans or {}).get("job") or (steering.plan("job", {}) if steering is not None else WHOLE_PLAN)
         self.calls.append({"load": load, "window_s": window_s, "energy": energy, "plan": plan})
         busy, rates = 0.0, {}
-        for i, n in enumerate(names):
+        for n in names:
             index = list(SERVICE_MS).index(n)
             if only is None and load.closed(index):
                 busy += self._job_share(plan)
