@@ -58,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=[],
         metavar="SPEC",
         help="also measure this fixed plan, e.g. resnet50=whole,vgg19=112 (per instance an SM count, -1 for the "
-        "rest, or whole; confined ones side by side from SM 0); may be repeated",
+        "rest, or whole; confined ones side by side from SM 0); MIX:SPEC measures it on that mix only; may be "
+        "repeated",
     )
     p.add_argument(
         "--regimes",
@@ -166,10 +167,17 @@ def _run(args: argparse.Namespace) -> int:
     if not args.out:
         raise SystemExit("eclip-ray bench: --out is required (the part file to write)")
     mixes = resolve(args.mixes, args.models, args.label)
-    plans = [FIXED + p.replace(" ", "") for p in args.plan]
+    plans, only_in = [], {}
+    for text in (t.replace(" ", "") for t in args.plan):  # "H1:resnet50=whole,..." is a plan of mix H1 only
+        head, sep, rest = text.partition(":")
+        scoped = bool(sep) and "=" not in head
+        plans.append(FIXED + (rest if scoped else text))
+        if scoped:
+            only_in.setdefault(plans[-1], []).append(head.upper() if head.upper() in mixes else head)
     cfg = BenchConfig(
         mixes=mixes,
         policies=tuple(dict.fromkeys([*args.policies, *plans])),
+        policy_mixes={p: tuple(m) for p, m in only_in.items()},
         regimes=tuple(dict.fromkeys(args.regimes)),
         loads=tuple(loads_from_args(args.load, args.inflight, args.rate, args.max_inflight)),
         batch_sizes=tuple(tuple(int(b) for b in s.split(",")) for s in args.batch_size),

@@ -24,6 +24,7 @@ class BenchConfig:
 
     mixes: Mapping[str, tuple[str | Instance, ...]]
     policies: tuple[str, ...] = policies.PAPER_POLICIES
+    policy_mixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # a policy run on these mixes only
     regimes: tuple[str, ...] = ("C",)
     loads: tuple[Load, ...] = (Load(),)  # regime C
     batch_sizes: tuple[tuple[int, ...], ...] = ((1,),)  # per scenario, for instances without their own batch size
@@ -52,9 +53,16 @@ class BenchConfig:
         if bad or not self.regimes:
             raise ValueError(f"regimes {list(self.regimes)}; choose among {REGIMES}")
         policies.check_names(self.policies)
+        stray = {p: [m for m in ms if m not in self.mixes] for p, ms in self.policy_mixes.items()}
+        if any(stray.values()):
+            raise ValueError(f"policies given for mixes the run does not have: {stray}; its mixes: {list(self.mixes)}")
         if not self.slo_factors or min(self.slo_factors) <= 0:
             raise ValueError(f"SLO factors must be > 0, got {self.slo_factors}")
         object.__setattr__(self, "mixes", {k: as_instances(v) for k, v in self.mixes.items()})
+
+    def policies_of(self, mix: str) -> tuple[str, ...]:
+        """The policies run on ``mix``, in order."""
+        return tuple(p for p in self.policies if mix in self.policy_mixes.get(p, (mix,)))
 
     def settings(self, slo_factor: float, regime: str = "C") -> dict[str, Any]:
         """What a scenario's numbers depend on besides its load and batch sizes."""

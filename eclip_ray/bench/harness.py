@@ -62,7 +62,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         if cfg.out:
             results.write(doc, cfg.out)
 
-    _isolated(cfg, doc, backend, geometry, save)
+    cache = ModuleCache()
+    _isolated(cfg, doc, backend, geometry, save, cache)
     cases = [
         _prepare(cfg, doc, backend, geometry, label, instances, sizes, factor)
         for label, instances in cfg.mixes.items()
@@ -70,12 +71,11 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         for factor in cfg.slo_factors
     ]
     setups: dict[tuple[int, str], policies.Setup] = {}
-    inproc = [p for p in cfg.policies if p not in policies.MPS_POLICIES]
     on_mps = [p for p in cfg.policies if p in policies.MPS_POLICIES]
-    jobs = sum(bool(c.alone_needed()) + sum(bool(todo(c, p)) for p in cfg.policies) for c in cases)
+    jobs = sum(bool(c.alone_needed()) + sum(bool(todo(c, p)) for p in cfg.policies_of(c.label)) for c in cases)
     budget = Budget(cfg.deadline, jobs + bool(on_mps))
-    cache = ModuleCache()
     for i, case in enumerate(cases):
+        inproc = [p for p in cfg.policies_of(case.label) if p not in policies.MPS_POLICIES]
         _in_process(cfg, case, backend, cache, inproc, lambda p, i=i, c=case: _setup(setups, i, c, p), budget, save)
     cache.clear()
     if on_mps:
@@ -87,7 +87,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 def _check_plans(cfg: BenchConfig, geometry: DeviceGeometry) -> None:
     """A user's fixed plan that cannot be made on this device is an error before any GPU time is spent."""
     for p in (p for p in cfg.policies if p.startswith(policies.FIXED)):
-        for label, instances in cfg.mixes.items():
+        for label, instances in ((m, i) for m, i in cfg.mixes.items() if p in cfg.policies_of(m)):
             models = [i.model for i in instances]
             names = instance_names(models)
             mix = policies.MixInputs(tuple(names), {}, geometry, models=dict(zip(names, models, strict=True)))
@@ -159,7 +159,7 @@ def _on_mps(
     jobs = []
     for i, case in enumerate(cases):
         for p in names:
-            if not todo(case, p):
+            if p not in cfg.policies_of(case.label) or not todo(case, p):
                 continue
             setup = setup_of(i, case, p)
             if setup.skipped:
@@ -240,7 +240,14 @@ def _batches(sizes: Sequence[int], instances: Sequence[Instance]) -> dict[str, i
     return {n: i.batch_size or b for n, i, b in zip(names, instances, given, strict=True)}
 
 
-def _isolated(cfg: BenchConfig, doc: dict, backend: str, geometry: DeviceGeometry, save: Callable[[], None]) -> None:
+def _isolated(
+    cfg: BenchConfig,
+    doc: dict,
+    backend: str,
+    geometry: DeviceGeometry,
+    save: Callable[[], None],
+    cache: ModuleCache | None = None,
+) -> None:
     """Fill ``doc["isolated"]`` for every model and batch size of the run: from the file, else measured."""
     if cfg.isolated_file:
         for model, by_batch in results.read(cfg.isolated_file).get("isolated", {}).items():
@@ -254,7 +261,13 @@ def _isolated(cfg: BenchConfig, doc: dict, backend: str, geometry: DeviceGeometr
     missing = [(m, b) for m, b in dict.fromkeys(pairs) if iso.key(b) not in doc["isolated"].get(m, {})]
     if missing:
         measured = iso.measure(
-            missing, backend=backend, geometry=geometry, warmup_s=cfg.warmup_s, window_s=cfg.isolated_s, seed=cfg.seed
+            missing,
+            backend=backend,
+            geometry=geometry,
+            warmup_s=cfg.warmup_s,
+            window_s=cfg.isolated_s,
+            seed=cfg.seed,
+            cache=cache,
         )
         for model, by_batch in measured.items():
             doc["isolated"].setdefault(model, {}).update(by_batch)

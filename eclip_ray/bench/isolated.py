@@ -17,6 +17,7 @@ from eclip_ray.bench.driver import Lane, drive
 from eclip_ray.bench.load import Load
 from eclip_ray.bench.machine import whole_only
 from eclip_ray.bench.policies import WHOLE_PLAN
+from eclip_ray.bench.session import ModuleCache
 from eclip_ray.bench.stats import percentile
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition import DeviceGeometry
@@ -35,8 +36,12 @@ def measure(
     warmup_s: float,
     window_s: float,
     seed: int = 0,
+    cache: ModuleCache | None = None,
 ) -> dict[str, dict[str, dict]]:
-    """Isolated latency of every ``(model, batch size)``: ``{model: {"bs<B>": {...}}}``."""
+    """Isolated latency of every ``(model, batch size)``: ``{model: {"bs<B>": {...}}}``.
+
+    ``cache`` keeps the built modules for the run's sessions (a model is built once per run).
+    """
     wanted: dict[str, list[int]] = {}
     for model, batch in pairs:
         wanted.setdefault(model, [])
@@ -46,7 +51,7 @@ def measure(
     with Runtime(backend=backend, layout=whole_only(geometry)) as rt:
         note = "" if rt.meter.available else rt.meter.describe().get("reason", "")
         for model, batches in wanted.items():
-            runner = rt.load(model, zoo_get(model))
+            runner = rt.load(model, cache.zoo(model, model) if cache is not None else zoo_get(model))
             for batch in sorted(batches):
                 if runner.on_gpu:
                     runner.capture(WHOLE_PLAN, batch)

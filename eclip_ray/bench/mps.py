@@ -40,7 +40,7 @@ from eclip_ray.errors import BackendError
 
 CONTROL = "nvidia-cuda-mps-control"
 CLIENT_QUEUES = 4  # hardware work queues per client: its stream, the default stream and copies
-MAX_CLIENTS = 16  # clients kept at once; idle ones beyond it are stopped
+MAX_CLIENTS = 24  # clients kept at once (24 x 4 queues: the 96 three 32-queue clients had); idle ones beyond it stop
 
 
 def unavailable(backend: str) -> str:

@@ -287,3 +287,16 @@ def test_a_bad_plan_fails_before_any_measurement(work):
         main(["bench", "--models", "tiny-cnn,tiny-bert", "--label", "hetero", *FAST, "--plan", "tiny-cnn=12",
               "--out", str(work / "never.json")])  # fmt: skip
     assert not (work / "never.json").exists()
+
+
+def test_a_plan_may_belong_to_one_mix():
+    cfg = BenchConfig(
+        mixes={"H1": ("tiny-cnn", "tiny-bert"), "two": ("tiny-cnn",)},
+        policies=("multi-stream", "fixed:tiny-cnn=whole,tiny-bert=64"),
+        policy_mixes={"fixed:tiny-cnn=whole,tiny-bert=64": ("H1",)},
+    )
+    assert cfg.policies_of("H1") == cfg.policies and cfg.policies_of("two") == ("multi-stream",)
+    with pytest.raises(ValueError, match="does not have"):
+        BenchConfig(mixes={"two": ("tiny-cnn",)}, policies=("multi-stream",), policy_mixes={"multi-stream": ("H9",)})
+    with pytest.raises(ValueError, match="regimes"):
+        BenchConfig(mixes={"two": ("tiny-cnn",)}, regimes=("D",))
