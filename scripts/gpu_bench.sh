@@ -118,7 +118,9 @@ for s in "$@"; do
     "$PY" - "$PARTS/mps4.json" <<'PY' 2>&1 | tee -a "$LOG"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-r = next(iter(doc["mixes"]["mps4"]["scenarios"].values()))["policies"]["mps-equal"]
+mix = doc["mixes"].get("mps4", {})
+scenario = next(iter(mix.get("scenarios", {}).values()), {"policies": {}})
+r = scenario["policies"].get("mps-equal", {"status": "not-run", "reason": mix.get("error", "no result")})
 ok = r["status"] == "ok" and all(m["requests"] > 0 for m in r["models"].values())
 clients = r.get("setup", {}).get("clients", {})
 print("mps4:", "PASS" if ok else "FAIL", r["status"], r.get("reason", ""),

@@ -310,6 +310,10 @@ def drive(
             next_look = now + period
         _dispatch(lanes, issuer)
     energy = meter.end_window("bench") if measure else None  # type: ignore[union-attr]
+    if passes == 0:  # one call held the loop past the whole window (e.g. an eager model on the CPU backend)
+        for lane in lanes:
+            _finish(lane, t_stop)  # what was issued is finished, so the next window starts clean
+        raise RuntimeError(f"the host loop made no pass in the {window_s:g} s window: a call held it {now - t0:.2f} s")
     seconds = energy.seconds if energy is not None else now - began
     results = {lane.name: _finish(lane, t_stop) for lane in lanes}
     note = "" if measure else (energy_note or "no energy meter")

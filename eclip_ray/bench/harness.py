@@ -16,6 +16,7 @@ repeats only what is missing or was cut short.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ from eclip_ray.planner.profile import ModelProfile
 from eclip_ray.planner.settings import PlannerSettings
 
 
+class _Unmeasured(RuntimeError):
+    """A mix whose SLOs cannot be set: an isolated measurement failed."""
+
+
 @dataclass
 class ProfileSet:
     profiles: dict[str, ModelProfile] = field(default_factory=dict)
@@ -64,12 +69,18 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     cache = ModuleCache()
     _isolated(cfg, doc, backend, geometry, save, cache)
-    cases = [
-        _prepare(cfg, doc, backend, geometry, label, instances, sizes, factor)
-        for label, instances in cfg.mixes.items()
-        for sizes in _batch_settings(cfg, instances)
-        for factor in cfg.slo_factors
-    ]
+    cases = []
+    for label, instances in cfg.mixes.items():
+        for sizes in _batch_settings(cfg, instances):
+            for factor in cfg.slo_factors:
+                try:
+                    cases.append(_prepare(cfg, doc, backend, geometry, label, instances, sizes, factor))
+                except _Unmeasured as e:  # its isolated latency failed: the mix cannot run, the others can
+                    entry = doc["mixes"].setdefault(label, {"models": [i.model for i in instances], "scenarios": {}})
+                    entry.setdefault("instances", instance_names(entry["models"]))
+                    entry["error"] = str(e)
+                    print(f"{label}: not run ({e})", file=sys.stderr, flush=True)
+    save()
     setups: dict[tuple[int, str], policies.Setup] = {}
     on_mps = [p for p in cfg.policies if p in policies.MPS_POLICIES]
     jobs = sum(bool(c.alone_needed()) + sum(bool(todo(c, p)) for p in cfg.policies_of(c.label)) for c in cases)
@@ -258,7 +269,8 @@ def _isolated(
         for sizes in _batch_settings(cfg, instances)
         for i, b in zip(instances, sizes, strict=True)
     ]
-    missing = [(m, b) for m, b in dict.fromkeys(pairs) if iso.key(b) not in doc["isolated"].get(m, {})]
+    have = doc["isolated"]
+    missing = [(m, b) for m, b in dict.fromkeys(pairs) if "p99_ms" not in have.get(m, {}).get(iso.key(b), {})]
     if missing:
         measured = iso.measure(
             missing,
@@ -330,7 +342,10 @@ def _prepare(
     models = tuple(i.model for i in instances)
     names = instance_names(list(models))
     batch = dict(zip(names, sizes, strict=True))
-    isolated = {n: doc["isolated"][m][iso.key(batch[n])] for n, m in zip(names, models, strict=True)}
+    isolated = {n: doc["isolated"].get(m, {}).get(iso.key(batch[n]), {}) for n, m in zip(names, models, strict=True)}
+    failed = {n: v.get("error", "not measured") for n, v in isolated.items() if "p99_ms" not in v}
+    if failed:
+        raise _Unmeasured(f"no isolated latency of {failed}")
     p99 = {n: v["p99_ms"] for n, v in isolated.items()}
     slo = {n: factor * v for n, v in p99.items()}
     roles = {n: i.role for n, i in zip(names, instances, strict=True)}

@@ -193,7 +193,7 @@ def markdown(
     """The report block; ``plots`` maps scenario labels to image files (linked relative to ``base``)."""
     lines = [
         BEGIN,
-        "## Co-location benchmark (issue 4)",
+        "## Co-location benchmark (issues 4 and 14)",
         "",
         f"Card: {summary['card']}, driver {summary.get('driver') or 'n/a'}, torch {summary['torch']}; "
         f"summary of {summary['date']}.",
@@ -208,6 +208,9 @@ def markdown(
         "",
     ]
     lines += [f"- `{p['command']}` ({p['date']})" for p in summary.get("parts", [])] or [f"- `{summary['command']}`"]
+    failed = [f"{name} ({m['error']})" for name, m in summary["mixes"].items() if m.get("error")]
+    if failed:
+        lines += ["", "Not run: " + "; ".join(failed) + "."]
     for label in sorted(scenarios(summary), key=lambda lb: ("ABC".index(regime_of(summary, lb)), lb)):
         first = next(m["scenarios"][label] for m in summary["mixes"].values() if label in m["scenarios"])
         regime = first.get("regime", "C")

@@ -258,3 +258,15 @@ def test_lane_history_is_bounded_and_each_window_starts_afresh():
     first = lanes[0].total_completed
     drive(lanes, Load("closed", 1), warmup_s=0.0, window_s=0.01)
     assert lanes[0].total_completed < first and lanes[0].recent[0][0] > t  # counted from the new loop's start
+
+
+def test_a_window_the_loop_never_saw_is_an_error_not_a_number():
+    class Blocking(FakeRunner):
+        def submit(self, inputs, plan):
+            time.sleep(0.15)  # an eager call longer than warm-up and window together
+            return super().submit(inputs, plan)
+
+    lanes = [Lane("m0", Blocking("m0", 0.0, [], on_gpu=False), WHOLE, 1, ())]
+    with pytest.raises(RuntimeError, match="no pass in the 0.05 s window"):
+        drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.05)
+    assert not lanes[0].inflight

@@ -300,3 +300,23 @@ def test_a_plan_may_belong_to_one_mix():
         BenchConfig(mixes={"two": ("tiny-cnn",)}, policies=("multi-stream",), policy_mixes={"multi-stream": ("H9",)})
     with pytest.raises(ValueError, match="regimes"):
         BenchConfig(mixes={"two": ("tiny-cnn",)}, regimes=("D",))
+
+
+def test_a_model_that_fails_its_isolated_run_stops_only_its_own_mix(work):
+    out = work / "parts" / "partial.json"
+    cfg = BenchConfig(
+        mixes={"fine": ("tiny-cnn",), "broken": ("tiny-cnn", "no-such-model")},
+        policies=("multi-stream",),
+        window_s=0.2,
+        warmup_s=0.05,
+        isolated_s=0.2,
+        backend="cpu",
+        profiles=None,
+        out=str(out),
+        command="partial",
+    )
+    doc = run(cfg)
+    assert "no-such-model" in doc["mixes"]["broken"]["error"] and doc["mixes"]["broken"]["scenarios"] == {}
+    assert doc["mixes"]["fine"]["scenarios"]["closed1-bs1"]["policies"]["multi-stream"]["status"] == "ok"
+    assert results.check(results.read(out)) == []
+    assert "Not run: broken (no isolated latency" in report.markdown(doc)
