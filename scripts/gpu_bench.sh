@@ -5,7 +5,7 @@
 # no pydantic needed).
 #
 #   bash scripts/gpu_bench.sh                 # list the steps, their commands and estimated seconds
-#   bash scripts/gpu_bench.sh mps4 ab         # device call 1 (about 7 min): the MPS check, then A and B
+#   bash scripts/gpu_bench.sh mps4 ab         # device call 1 (about 7.5 min): the MPS check, then A and B
 #   bash scripts/gpu_bench.sh c               # device call 2 (about 3.5 min): regime C
 #   bash scripts/gpu_bench.sh merge           # here, no GPU: summary.json, README.md tables, plots/
 #
@@ -47,7 +47,7 @@ AB_POLICIES=(multi-stream eclip stream-priority model-wise mps-equal mps)
 C_POLICIES=(time-share multi-stream model-wise mps kw-prealloc eclip)
 # Seconds each step may take at most (its estimate plus a margin); the budget's rest is shared in order.
 declare -A STEP_MAX=([mps4]=60 [ab]=450 [c]=270)
-declare -A ESTIMATE=([mps4]=25 [ab]=400 [c]=200)
+declare -A ESTIMATE=([mps4]=25 [ab]=420 [c]=205)
 
 command_of() {  # the command of step $1, one word per line
   local common=(--backend "$BACKEND" --profiles "$PROFILES" --isolated-s "$ISOLATED_S" --seed 0 --resume)
