@@ -1,5 +1,10 @@
+import os
+
 import pytest
 import torch
+
+# Ray's usage-stats reporter stays off in tests (it would try to reach the network from every Ray start).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def pytest_collection_modifyitems(config, items):
