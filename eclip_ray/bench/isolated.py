@@ -3,7 +3,7 @@
 One request in flight, the model's whole-GPU CUDA graph, a warm-up and a
 window like the mix runs. The SLO of a model at a batch size is
 ``slo_factor`` times its isolated p99 there (3x by the convention of
-right-sizing work, eclip-paper.md).
+right-sizing work, `docs/eclip-paper.md`).
 """
 
 from __future__ import annotations

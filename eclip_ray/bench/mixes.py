@@ -1,6 +1,6 @@
 """The mixes of the benchmark: the ECLIP paper's, and latency-critical models beside batch jobs.
 
-M1-M7 are the paper's mixes (eclip-paper.md, "Evaluation"); ALBERT is the base
+M1-M7 are the paper's mixes (`docs/eclip-paper.md`, "Evaluation"); ALBERT is the base
 size (``albert-base``), ResNeXt is ``resnext101_32x8d`` and ShuffleNet is
 ``shufflenet_v2_x1_0``. A model listed twice is two instances, each with its
 own stream (or partition) and its own requests. Their batch size is the run's

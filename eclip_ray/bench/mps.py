@@ -14,7 +14,7 @@ queues, each client holding the ``CUDA_DEVICE_MAX_CONNECTIONS`` it asks for
 exclusively (NVIDIA's MPS documentation, "CUDA_DEVICE_MAX_CONNECTIONS"). With
 the 32 that in-process policies need, three clients fitted on an H200 and the
 fourth failed to create its context ("CUDA error: out of memory" at
-``torch.cuda.set_device``). A client drives one instance on one stream, so
+``torch.cuda.set_device``; ``docs/hardware.md`` section 8). A client drives one instance on one stream, so
 each asks for :data:`CLIENT_QUEUES` instead, whatever the parent's setting.
 """
 
