@@ -88,6 +88,7 @@ class LaneResult:
     # Open loop: the age at the window's end of every request that had arrived and not finished
     # (queued on the host or on the GPU). One older than its SLO has missed it already.
     unfinished_ms: list[float] = field(default_factory=list)
+    closed: bool = True  # closed loop (requests issued back to back) or open (Poisson arrivals)
 
     @property
     def requests(self) -> int:
@@ -101,6 +102,7 @@ class LaneResult:
             "arrivals": self.arrivals,
             "unserved": self.unserved,
             "unfinished_ms": self.unfinished_ms,
+            "closed": self.closed,
         }
 
     @classmethod
@@ -112,6 +114,7 @@ class LaneResult:
             d["arrivals"],
             d["unserved"],
             list(d.get("unfinished_ms", ())),
+            bool(d.get("closed", True)),
         )
 
 
@@ -247,7 +250,9 @@ def _finish(lane: Lane, t_stop: float) -> LaneResult:
     for _, pending in lane.inflight:
         pending.result()
     lane.inflight.clear()
-    return LaneResult(lane.name, lane.batch_size, lane.latencies_ms, lane.arrived_in_window, unserved, unfinished)
+    return LaneResult(
+        lane.name, lane.batch_size, lane.latencies_ms, lane.arrived_in_window, unserved, unfinished, lane.closed
+    )
 
 
 def drive(

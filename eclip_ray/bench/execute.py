@@ -177,14 +177,26 @@ def _scenarios(cfg, case: Case, setup, session: Session, labels: list[str], unti
             elif left(share) < cfg.warmup_s + cfg.window_s:
                 result = results.not_measured("not-run", "the run's deadline", setup.describe())
             else:
-                w = session.window(case.loads[lbl], warmup_s=cfg.warmup_s, window_s=cfg.window_s, seed=cfg.seed)
-                result = measured(setup, w, case, cfg.slo_percentile)
+                result = _closed_window(cfg, case, setup, session, case.loads[lbl])
             if result["status"] == "ok":
                 result["setup"].update(session.describe())
         except Exception as e:
             traceback.print_exc()
             result = results.not_measured("error", repr(e), setup.describe())
         record(case, lbl, setup.policy, result, save)
+
+
+def _closed_window(cfg: BenchConfig, case: Case, setup, session: Session, load: Load) -> dict:
+    """Regime C: one window under ``load`` (an adaptive policy steers it after its trials at that load)."""
+    steer = regimes.Steerer(setup, session, case.facts, cfg.search, cfg.seed)
+    steering = steer(load, case.instances)
+    w = session.window(load, warmup_s=cfg.warmup_s, window_s=cfg.window_s, seed=cfg.seed, steering=steering)
+    result = measured(setup, w, case, cfg.slo_percentile)
+    if steering is not None:
+        result["selection_s"] = round(steer.selection_s, 3)
+        if hasattr(steering, "describe"):
+            result["steering"] = steering.describe()
+    return result
 
 
 def _search(cfg, case: Case, setup, session: Session, regime: str, until) -> dict:

@@ -144,7 +144,7 @@ def scale_bound(regime: str, facts: MixFacts, alone_rps: Mapping[str, float | No
     return min(bounds.values()), ""
 
 
-class _Steerer:
+class Steerer:
     """An adaptive policy's steering per load level, chosen once per level; the time its trials took."""
 
     def __init__(self, setup: Setup, session: Session, facts: MixFacts, settings: search.Settings, seed: int):
@@ -153,6 +153,7 @@ class _Steerer:
         self.selection_s = 0.0
 
     def __call__(self, load: Load, checked: Sequence[str]):
+        """The steering of ``load``'s level (chosen by the policy's trials the first time); None: static."""
         if self.setup.adaptive is None:
             return None
         if load not in self.chosen:
@@ -185,7 +186,7 @@ def goodput(
 ) -> dict[str, Any]:
     """Search the policy's SLO-goodput in ``regime`` below scale ``hi``; the result of the final window."""
     lanes = facts.open_lanes(regime)
-    steer = _Steerer(setup, session, facts, settings, seed)
+    steer = Steerer(setup, session, facts, settings, seed)
 
     def run(scale: float, window_s: float, energy: bool) -> dict:
         load = facts.load_at(regime, scale)

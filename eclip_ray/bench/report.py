@@ -82,28 +82,40 @@ def regime_of(summary: Mapping[str, Any], label: str) -> str:
 
 def results_table(summary: Mapping[str, Any], label: str) -> list[str]:
     rows = [
-        "| mix | policy | inf/s | normalised | J/inf | avg W | p95 ms | p99 ms / SLO ms | SLO met | packing | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- |",
+        "| mix | policy | inf/s | goodput | normalised | J/inf | avg W | p95 ms | p99 ms / SLO ms | within SLO "
+        "| SLO met | packing | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- |",
     ]
     for name, mix in summary["mixes"].items():
         sc = mix["scenarios"].get(label)
         if sc is None:
             continue
+        if sc.get("isolated_rps"):
+            rows.append(_alone_row(name, sc))
         for p in _order(list(sc["policies"])):
             r = sc["policies"][p]
             if r["status"] != "ok":
-                rows.append(f"| {name} | {p} | | | | | | | | | {r['status']}: {r['reason']} |")
+                rows.append(f"| {name} | {p} | | | | | | | | | | | {r['status']}: {r['reason']} |")
                 continue
             note = "" if r["joules_per_inference"] is not None else f"energy not measured: {r['energy_note']}"
             if r.get("energy_reliable") is False:
                 note = "energy window shorter than the meter's minimum"
+            within = "<br>".join(f"{n} {100 * v:.1f}%" for n, v in r.get("slo_attainment", {}).items())
             rows.append(
-                f"| {name} | {p} | {r['throughput_rps']:.1f} | {_f(r.get('normalised_throughput'), '.2f')} | "
-                f"{_f(r['joules_per_inference'], '.4f')} | "
+                f"| {name} | {p} | {r['throughput_rps']:.1f} | {_f(r.get('goodput_rps'), '.1f')} | "
+                f"{_f(r.get('normalised_throughput'), '.2f')} | {_f(r['joules_per_inference'], '.4f')} | "
                 f"{_f(r['avg_power_w'], '.0f')} | {_per_model(r['p95_ms'])} | {_per_model(r['p99_ms'], r['slo_ms'])} | "
-                f"{'yes' if r['slo_met'] else '**no**'} | {_f(r.get('packing_efficiency'), '.1%')} | {note} |"
+                f"{within} | {'yes' if r['slo_met'] else '**no**'} | {_f(r.get('packing_efficiency'), '.1%')} | "
+                f"{note} |"
             )
     return rows
+
+
+def _alone_row(name: str, sc: Mapping[str, Any]) -> str:
+    """Each model alone on the whole GPU, one request in flight: the isolated run the SLOs come from."""
+    rps = "<br>".join(f"{n} {v:.1f}" for n, v in sc["isolated_rps"].items())
+    p99 = _per_model(sc["isolated_p99_ms"], sc["slo_ms"])
+    return f"| {name} | each alone | {rps} | | 1 each | | | | {p99} | | | | the isolated runs the SLOs come from |"
 
 
 def _verdict(c: compare.MixComparison) -> str:

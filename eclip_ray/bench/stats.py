@@ -110,9 +110,9 @@ def window_metrics(
 
 def _attained(r, slo: float) -> float:
     if not r.latencies_ms and not any(a > slo for a in r.unfinished_ms):
-        # Nothing arrived and nothing waits (an open loop at a low rate): nothing was missed. Otherwise it
-        # completed nothing in the window: it attained none of its SLO.
-        return 1.0 if r.arrivals == 0 and not r.unfinished_ms else 0.0
+        # Open loop: nothing finished and nothing waits past its SLO (a low rate, a short window), so
+        # nothing was missed. Closed loop: it completed nothing in the window, it attained none of its SLO.
+        return 0.0 if r.closed else 1.0
     return attainment(r.latencies_ms, slo, r.unfinished_ms)
 
 

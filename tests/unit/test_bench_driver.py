@@ -267,6 +267,6 @@ def test_a_window_the_loop_never_saw_is_an_error_not_a_number():
             return super().submit(inputs, plan)
 
     lanes = [Lane("m0", Blocking("m0", 0.0, [], on_gpu=False), WHOLE, 1, ())]
-    with pytest.raises(RuntimeError, match="no pass in the 0.05 s window"):
+    with pytest.raises(RuntimeError, match=r"no pass in the 0\.05 s window"):
         drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.05)
     assert not lanes[0].inflight

@@ -70,7 +70,7 @@ def test_report_tables_say_where_eclip_loses():
     })  # fmt: skip
     text = report.markdown(doc)
     assert text.startswith(report.BEGIN) and text.rstrip().endswith(report.END)
-    assert "| M2 | mps | | | | | | | | | skipped: no MPS |" in text
+    assert "| M2 | mps | | | | | | | | | | | skipped: no MPS |" in text
     rows = [line for line in text.splitlines() if line.startswith("| M")]
     m1 = next(r for r in rows if r.startswith("| M1 | multi-stream 100.0"))
     m2 = next(r for r in rows if r.startswith("| M2 | multi-stream 100.0"))

@@ -112,3 +112,11 @@ def test_only_the_checked_models_must_meet_their_slo_and_throughput_is_normalise
     assert m["slo_attainment"]["b"] == 0.0 and m["slo_met"] is True and m["slo_checked"] == ["a"]
     assert m["normalised_throughput"] == pytest.approx(50 / 100 + 100 / 200)
     assert stats.window_metrics(_window(None), {"a": 2.0, "b": 1.0}, 99.0)["normalised_throughput"] is None
+
+
+def test_an_open_lane_with_nothing_late_misses_nothing_a_starved_closed_one_everything():
+    quiet = LaneResult("a", 1, [], 1, 1, [0.2], closed=False)  # one request, just arrived
+    starved = LaneResult("b", 1, [], 0, 0, [], closed=True)
+    m = stats.window_metrics(Window(1.0, {"a": quiet, "b": starved}, None, "n/a"), {"a": 2.0, "b": 2.0}, 99.0)
+    assert m["slo_attainment"] == {"a": 1.0, "b": 0.0}
+    assert LaneResult.from_dict(quiet.to_dict()) == quiet
