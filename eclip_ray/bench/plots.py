@@ -64,8 +64,8 @@ def _bars(
     ax.set_xticks(range(len(mixes)), mixes)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_title(title, fontsize=9, wrap=True)
+    ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -166,11 +166,10 @@ def _curves(plt, summary: Mapping[str, Any], label: str, path: Path) -> Path | N
     for ax in list(axes.flat)[len(mixes) :]:
         ax.axis("off")
     ran = [p for p in colours if any(sc["policies"].get(p, {}).get("status") == "ok" for _, sc in mixes)]
-    fig.legend(
-        [Line2D([], [], color=colours[p]) for p in ran], ran, loc="lower center", ncol=min(5, len(ran)), fontsize=7
-    )
+    cols = min(3 if len(mixes) == 1 else 5, len(ran)) or 1
+    fig.legend([Line2D([], [], color=colours[p]) for p in ran], ran, loc="lower center", ncol=cols, fontsize=6)
     fig.suptitle(f"SLO attainment against load, {label}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * -(-len(ran) // cols) / rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -189,7 +188,7 @@ def _goodput_bars(plt, summary: Mapping[str, Any], label: str, path: Path) -> Pa
     if not mixes or not bars:
         return None
     ordered = {p: [bars[p].get(m) for m in mixes] for p in _colours(plt, bars)}
-    title = f"SLO-goodput (the largest load scale meeting every SLO; 0: none), {label}"
+    title = f"SLO-goodput: the largest load scale meeting every SLO (0: none), {label}"
     return _bars(plt, mixes, ordered, "SLO-goodput (x base rates)", title, path, reference=None)
 
 
