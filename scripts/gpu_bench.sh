@@ -26,7 +26,9 @@
 # With $OUT set (the device machine), parts and logs go to $OUT, packed into $OUT/gpu_bench.tgz too.
 # Settings (environment): CARD, PROFILES (default h100: complete at batch 1/4/8/16, 132 SMs like the
 # H200; e.g. PROFILES=h200,h100 takes the H200's where they exist), SLO, STEPS, STEP_S, STEP_WARMUP_S,
-# FINAL_S, C_WINDOW_S, C_WARMUP_S, ISOLATED_S, WARMUP_S, BACKEND (cpu: a dry run of the commands).
+# FINAL_S, C_WINDOW_S, C_WARMUP_S, ISOLATED_S, WARMUP_S, BACKEND and PYTHON (BACKEND=cpu runs the same
+# commands on the CPU backend: only mps4 is quick there; the tests cover the harness with tiny models).
+# To spend less: STEPS=3 (about 6 min for ab), ISOLATED_S=1.5.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARD=${CARD:-h200}
