@@ -154,14 +154,15 @@ async def _send(session, target: Target, answer: Answer, t0: float) -> Answer:
             body = await r.read()
             answer.status, answer.retry_after = r.status, r.headers.get("Retry-After")
             if r.status >= 300:
-                answer.message = _error_text(body)
+                answer.message = error_text(body)
     except (TimeoutError, aiohttp.ClientError) as e:
         answer.message = f"{type(e).__name__}: {e}"
     answer.done_s = time.perf_counter() - t0
     return answer
 
 
-def _error_text(body: bytes) -> str:
+def error_text(body: bytes) -> str:
+    """The ``error`` of a KServe error body, or its first bytes."""
     import json
 
     try:

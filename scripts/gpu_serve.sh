@@ -29,6 +29,10 @@
 #      ingress    benchmarks/serve_load.py: the capacity of the example's resnet50 with 1 and 4 ingress replicas
 #      load       benchmarks/serve_load.py: resnet50 of the example at 2x its capacity, open loop
 #      kill       benchmarks/serve_load.py at 1x with the GPU actor killed 5 s in: time to recover
+#      fault      tests/gpu/test_context_probe_gpu.py (the context probe, in a child process) and
+#                 tests/gpu/test_serve_fault_gpu.py (benchmarks/serve_fault.py): bert-base token ids out of range
+#                 get 400 beside resnet50, then a device-side assert forced in a user model restarts the GPU
+#                 actor under load; fault.json and fault.log (about 100 s)
 #      load_before  load with the code in ./before (git archive of an earlier commit), for a before/after
 #      soak:S     benchmarks/serve_soak.py for S seconds, RSS and GPU memory sampled
 #      soak_start:S, soak_wait:T  the same soak in the background (it outlives the call), and a later call's
@@ -223,6 +227,8 @@ steps() {
         rm -rf "$ROOT/eclip_ray" && mv "$ROOT/eclip_ray.after" "$ROOT/eclip_ray" ;;
       kill) step kill 300 python3 benchmarks/serve_load.py "${load[@]}" --load-factor 1 --duration-s 30 \
         --kill-actor-at 5 --no-slo-check --out "$W/kill_recovery.json" ;;
+      fault) step fault 170 env ECLIP_FAULT_OUT="$W/fault.json" python3 -m pytest -v -s -p no:cacheprovider \
+        tests/gpu/test_context_probe_gpu.py tests/gpu/test_serve_fault_gpu.py ;;
       soak_start:*)  # the soak in its own process session, so that it outlives this call (up to the next)
         mkdir -p "$SOAK"
         setsid nohup timeout $(( ${s#soak_start:} + 240 )) "${soak[@]}" --duration-s "${s#soak_start:}" \

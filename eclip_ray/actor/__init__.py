@@ -5,7 +5,16 @@
 """
 
 from eclip_ray.actor.remote import worker_class
-from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelUnavailable, ServedModel, TensorInfo
+from eclip_ray.actor.spec import BatchResult, DeviceFault, InvalidInput, ModelUnavailable, ServedModel, TensorInfo
 from eclip_ray.actor.worker import GpuWorker
 
-__all__ = ["BatchResult", "DeviceFault", "GpuWorker", "ModelUnavailable", "ServedModel", "TensorInfo", "worker_class"]
+__all__ = [
+    "BatchResult",
+    "DeviceFault",
+    "GpuWorker",
+    "InvalidInput",
+    "ModelUnavailable",
+    "ServedModel",
+    "TensorInfo",
+    "worker_class",
+]

@@ -99,8 +99,9 @@ def _inputs_from_specs(inputs: Sequence[TensorInfo]) -> Callable:
             dtype = torch_dtype(t.datatype)
             if dtype.is_floating_point:
                 out.append(torch.randn(batch, *t.shape).to(dtype))
-            else:  # zeros are valid token ids and indices, random integers may not be
-                out.append(torch.zeros(batch, *t.shape, dtype=dtype))
+            else:  # the least valid value (zero by default): random integers may not be valid indices
+                low = 0 if t.value_range is None else t.value_range[0]
+                out.append(torch.full((batch, *t.shape), low, dtype=dtype))
         return tuple(out)
 
     return make_inputs
@@ -131,11 +132,14 @@ def zoo_entry(
 
 
 def zoo_inputs(loader: str) -> tuple[TensorInfo, ...]:
-    """The input specs of a zoo model (no weights are built)."""
+    """The input specs of a zoo model, with the value range of each input that indexes an embedding (no weights
+    are built)."""
     from eclip_ray.models.zoo import get
 
-    spec = get(loader)
-    return tuple(
-        TensorInfo(n, d, tuple(s))
-        for n, s, d in zip(spec.input_names, spec.input_shapes, spec.input_dtypes, strict=True)
-    )
+    return entry_inputs(get(loader))
+
+
+def entry_inputs(spec: ZooModel) -> tuple[TensorInfo, ...]:
+    """The input specs of a zoo entry, value ranges included."""
+    io = zip(spec.input_names, spec.input_shapes, spec.input_dtypes, spec.ranges(), strict=True)
+    return tuple(TensorInfo(n, d, tuple(s), r) for n, s, d, r in io)

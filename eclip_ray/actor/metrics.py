@@ -1,4 +1,4 @@
-"""Per-GPU metrics of the actor: power, energy, joules per inference and the plan in use.
+"""Per-GPU metrics of the actor: power, energy, joules per inference, the plan in use, and device faults.
 
 ``GpuMetrics`` records nothing (plain-class use and tests); ``RayGpuMetrics``
 exports through ``ray.util.metrics`` (Ray's Prometheus endpoint) and imports
@@ -21,6 +21,12 @@ class GpuMetrics:
     def plan(self, model: str, label: str, previous: str | None) -> None:
         """``model`` now runs under the plan ``label``."""
 
+    def device_fault(self, sticky: bool) -> None:
+        """A batch failed on the device; ``sticky``: its device context was unusable after it."""
+
+    def context_poisoned(self) -> None:
+        """The device context became unusable: the actor is about to exit for Ray to restart it."""
+
 
 class RayGpuMetrics(GpuMetrics):
     def __init__(self, gpu: int) -> None:
@@ -38,6 +44,19 @@ class RayGpuMetrics(GpuMetrics):
             tag_keys=("gpu", "model", "plan"),
         )
         self._switches = Counter("eclip_gpu_plan_switches", "Plan changes of a model", tag_keys=("gpu", "model"))
+        self._faults = Counter(
+            "eclip_gpu_device_faults",
+            "Batches failed by the device; sticky: the context was unusable after it",
+            tag_keys=("gpu", "sticky"),
+        )
+        self._poisoned = Counter(
+            "eclip_gpu_context_poisoned", "Device contexts found unusable (each ends its actor)", tag_keys=("gpu",)
+        )
+        # The process exits right after a poisoning, possibly before Ray exports its last counts; its successor
+        # counts the restart, which survives.
+        restarts = Counter("eclip_gpu_actor_restarts", "GPU actors started again by Ray", tag_keys=("gpu",))
+        if _reconstructed():
+            restarts.inc(1, tags=self._tags)
 
     def power(self, watts: float) -> None:
         self._power.set(watts, tags=self._tags)
@@ -49,9 +68,24 @@ class RayGpuMetrics(GpuMetrics):
     def joules_per_inference(self, model: str, joules: float) -> None:
         self._jpi.set(joules, tags={**self._tags, "model": model})
 
+    def device_fault(self, sticky: bool) -> None:
+        self._faults.inc(1, tags={**self._tags, "sticky": str(sticky).lower()})
+
+    def context_poisoned(self) -> None:
+        self._poisoned.inc(1, tags=self._tags)
+
     def plan(self, model: str, label: str, previous: str | None) -> None:
         tags = {**self._tags, "model": model}
         if previous is not None:
             self._plan.set(0, tags={**tags, "plan": previous})
             self._switches.inc(1, tags=tags)
         self._plan.set(1, tags={**tags, "plan": label})
+
+
+def _reconstructed() -> bool:
+    import ray
+
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # outside an actor (tests, tools): not a restart
+        return False

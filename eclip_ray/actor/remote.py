@@ -7,7 +7,8 @@ def worker_class(num_gpus: float, num_cpus: float = 1.0, max_restarts: int = 3, 
     """``GpuWorker`` as a Ray actor class.
 
     Ray restarts a dead actor up to ``max_restarts`` times (its ``__init__``
-    rebuilds pool, graphs and plans). Tasks are not retried
+    rebuilds pool, graphs and plans), also one that ended itself because its
+    device context was poisoned (``actor/faults.py``). Tasks are not retried
     (``max_task_retries=0``): a batch in flight when the actor dies fails at
     once with ``RayActorError`` and the caller answers 503, instead of the
     batch silently running twice or waiting out the restart.

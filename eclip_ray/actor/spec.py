@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eclip_ray.actor.values import ValueRange
 from eclip_ray.errors import EclipError
 
 # KServe v2 datatype -> numpy dtype. BYTES and BF16 are left out on purpose: no served model takes them.
@@ -58,17 +59,27 @@ class DeviceFault(ModelUnavailable):
     """
 
 
+class InvalidInput(EclipError, ValueError):
+    """A batch the model cannot take (a value out of its input's range, a wrong shape): the request's fault.
+
+    Not retryable: the serving path answers 400. The actor raises it before anything reaches the device.
+    """
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A named tensor of one request row: ``shape`` excludes the batch dimension.
 
     ``shape`` None (outputs only) means "as the model returns it", learnt from a
-    trial run when the actor starts.
+    trial run when the actor starts. ``value_range`` (inputs only) bounds every
+    value, inclusive: the rows of the table an integer input indexes, or [0, 1]
+    for a mask (``eclip_ray.actor.values``).
     """
 
     name: str
     datatype: str
     shape: tuple[int, ...] | None
+    value_range: ValueRange | None = None
 
     def metadata(self) -> dict:
         """KServe model-metadata form: the batch dimension shown as -1."""

@@ -11,10 +11,17 @@ replay (non-blocking) and polls the request's CUDA event with asyncio sleeps;
 on the CPU backend the eager run goes to a thread. Several models (and several
 batches of one model, which queue on the runner's stream) are in flight at once.
 
+Every batch is checked against its model's inputs before anything reaches the
+device (``actor/inputs.py``): a value outside an input's range (declared, from
+the zoo, or learnt from the model's embeddings at start) is ``InvalidInput``.
+
 A device error during a batch (a CUDA or driver call failing) fails that batch
-with ``DeviceFault``, naming the GPU, the model and the call, and the actor goes
-on serving. The energy meter never fails a request: NVML failing at start or
-later turns energy off, with the reason in ``stats()``.
+with ``DeviceFault``, naming the GPU, the model and the call. Then the actor
+probes its device context (``actor/faults.py``): if it is still usable (one
+batch's out-of-memory), the actor goes on serving; if the error poisoned it (a
+device-side assert), the batches in flight fail too and the process exits so
+that Ray restarts the actor. The energy meter never fails a request: NVML
+failing at start or later turns energy off, with the reason in ``stats()``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from eclip_ray.actor.faults import DeviceHealth, exit_process
+from eclip_ray.actor.inputs import Ranges, check_batch, resolve_ranges
 from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
@@ -40,6 +49,7 @@ from eclip_ray.energy import UnavailableMeter
 from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.runner import ModelRunner, Pending
+from eclip_ray.models.ranges import embedding_ranges
 from eclip_ray.partition.layout import DeviceGeometry, Layout
 from eclip_ray.partition.layout import from_dict as layout_from_dict
 from eclip_ray.runtime import Runtime
@@ -58,6 +68,7 @@ class _Served:
     outputs: tuple[TensorInfo, ...]
     in_dtypes: tuple[torch.dtype, ...]
     out_dtypes: tuple[torch.dtype, ...]
+    ranges: Ranges = ()
     copy_stream: torch.cuda.Stream | None = None
     inferences: int = 0
     batches: int = 0
@@ -88,7 +99,9 @@ class GpuWorker:
     ``plan_table`` is a path of an ``eclip_ray.planner.PlanTable`` (or an
     object with its ``lookup``); without it every model runs on the whole GPU.
     ``allowed_modules`` and ``allowed_model_dirs`` bound what loaders may import
-    and read, checked here again whatever the config said.
+    and read, checked here again whatever the config said. ``exit_hook(reason)``
+    is called once the device context is poisoned and the batches in flight
+    have their answers; by default it ends the process, for Ray to restart.
     """
 
     def __init__(
@@ -103,6 +116,7 @@ class GpuWorker:
         active_window_s: float = 1.0,
         energy_window_s: float = 5.0,
         metrics: bool = False,
+        exit_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.gpu = gpu
         self.device_index = device_index
@@ -121,6 +135,8 @@ class GpuWorker:
         self.plan_errors: list[str] = []
         self.device_faults = 0
         self.last_device_fault: str | None = None
+        self._inflight = 0
+        self.health = DeviceHealth(self._probe, lambda: self._inflight, exit_hook or exit_process)
         try:
             self._load_all()
         except BaseException:
@@ -176,13 +192,18 @@ class GpuWorker:
         runner = self.runtime.load(spec.name, entry)
         example = runner.example_inputs(1)
         _check_inputs(spec, example)
-        outputs = _output_infos(spec, runner.eager(example, WHOLE_PLAN))
+        if isinstance(runner, ModelRunner):  # onnxruntime's runner has no modules: its Gathers gave entry ranges
+            out, learnt = embedding_ranges(runner.model, example, lambda: runner.eager(example, WHOLE_PLAN))
+        else:
+            out, learnt = runner.eager(example, WHOLE_PLAN), {}
+        outputs = _output_infos(spec, out)
         return _Served(
             spec=spec,
             runner=runner,
             outputs=outputs,
             in_dtypes=tuple(t.dtype for t in example),
             out_dtypes=tuple(torch_dtype(o.datatype) for o in outputs),
+            ranges=resolve_ranges(spec, entry.ranges(), learnt),
             copy_stream=torch.cuda.Stream(runner.device) if runner.on_gpu else None,
         )
 
@@ -203,6 +224,9 @@ class GpuWorker:
             ok.add(plan)
         return ok
 
+    def _probe(self) -> str | None:
+        return self.runtime.backend.context_fault()
+
     # -- serving ----------------------------------------------------------------------------
 
     def _served(self, model: str) -> _Served:
@@ -222,17 +246,27 @@ class GpuWorker:
         return plan
 
     async def infer(self, model: str, inputs: Sequence[np.ndarray]) -> BatchResult:
-        """Run one batch of ``model`` (arrays in the model's input order) and return its outputs."""
+        """Run one batch of ``model`` (arrays in the model's input order) and return its outputs.
+
+        Raises InvalidInput for a batch the model cannot take, DeviceFault when the device fails it.
+        """
+        if self.health.poisoned is not None:
+            raise DeviceFault(
+                f"GPU {self.gpu}'s device context is unusable ({self.health.poisoned}); its actor is restarting"
+            )
         served = self._served(model)
-        rows = int(inputs[0].shape[0])
+        rows = check_batch(served.spec, served.ranges, inputs)
         self._ensure_energy_loop()
         plan = self._plan_for(model, rows)
         tensors = served.tensors(inputs)
         t0 = time.perf_counter()
+        self._inflight += 1
         try:
             outputs = await _run(served, tensors, plan)
-        except (BackendError, torch.AcceleratorError) as e:
-            raise self._device_fault(model, e) from e
+        except (BackendError, torch.AcceleratorError, torch.OutOfMemoryError) as e:
+            raise await self._device_fault(model, e) from e
+        finally:
+            self._inflight -= 1
         seconds = time.perf_counter() - t0
         served.inferences += rows
         served.batches += 1
@@ -240,13 +274,36 @@ class GpuWorker:
         self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
         return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan))
 
-    def _device_fault(self, model: str, e: Exception) -> DeviceFault:
+    async def _device_fault(self, model: str, e: Exception) -> DeviceFault:
         self.device_faults += 1
-        self.last_device_fault = f"{type(e).__name__}: {e}"
-        log.error("GPU %d failed a batch of %s: %s", self.gpu, model, self.last_device_fault)
-        return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {self.last_device_fault}")
+        error = self.last_device_fault = f"{type(e).__name__}: {e}"
+        first = self.health.poisoned is None
+        poisoned = await self.health.check()
+        self.metrics.device_fault(sticky=poisoned is not None)
+        if poisoned is None:
+            log.error("GPU %d failed a batch of %s, and its context is still usable: %s", self.gpu, model, error)
+            return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {error}")
+        if first:
+            self.metrics.context_poisoned()
+            self._stop_energy()
+            log.critical(
+                "GPU %d failed a batch of %s and its device context is unusable (%s): failing the batches in "
+                "flight, then exiting for Ray to restart the actor. The error: %s",
+                self.gpu,
+                model,
+                poisoned,
+                error,
+            )
+        return DeviceFault(
+            f"GPU {self.gpu} failed a batch of model {model!r}: {error}; its device context is unusable "
+            f"({poisoned}), so its actor restarts"
+        )
 
     # -- energy -----------------------------------------------------------------------------
+
+    def _stop_energy(self) -> None:
+        if self._energy_task is not None:
+            self._energy_task.cancel()
 
     def _ensure_energy_loop(self) -> None:
         if self._energy_task is None and self.runtime.meter.available:
@@ -300,15 +357,19 @@ class GpuWorker:
     # -- reports ----------------------------------------------------------------------------
 
     def ready(self) -> dict[str, Any]:
-        """Per model: loaded or the reason not, and its tensors (outputs as learnt at start)."""
+        """Per model: loaded or the reason not, its tensors (outputs as learnt at start), and the value range of
+        each input that has one (declared or learnt at start), by name."""
         out = {}
+        unusable = self.health.poisoned and f"GPU {self.gpu}'s device context is unusable ({self.health.poisoned})"
         for name, spec in self.specs.items():
             served = self.models.get(name)
+            ranges = zip(spec.inputs, served.ranges if served else (), strict=False)
             out[name] = {
-                "ready": served is not None,
-                "error": self.failed.get(name),
+                "ready": served is not None and not unusable,
+                "error": self.failed.get(name) or unusable or None,
                 "inputs": [t.metadata() for t in spec.inputs],
                 "outputs": [t.metadata() for t in served.outputs] if served else [],
+                "value_ranges": {t.name: list(r) for t, r in ranges if r is not None},
             }
         return {"gpu": self.gpu, "models": out}
 
@@ -343,6 +404,8 @@ class GpuWorker:
             "plan_table_error": self.table_error,
             "device_faults": self.device_faults,
             "last_device_fault": self.last_device_fault,
+            "context_probes": self.health.probes,
+            "context_fault": self.health.poisoned,
             "energy": energy,
         }
 

@@ -51,8 +51,10 @@ def _need(module: str) -> Any:
 class OnnxInput:
     """One graph input; ``shape`` excludes the batch dimension.
 
-    Integer inputs are filled with values below ``high`` (the rows of the
-    embedding table they index), or with zeros when no table is found.
+    ``high`` is the number of rows of the smallest table an integer input
+    indexes (a Gather on an initializer), None when it indexes none: its
+    values must lie in [0, high - 1], and random inputs are drawn there
+    (zeros when no table is found).
     """
 
     name: str
@@ -186,12 +188,32 @@ def _dims(value_info: Any) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 
 
+# Nodes whose first output holds the values of their first input (in another type or shape): indices that
+# pass through them still index the table of the Gather they reach.
+_VALUE_PRESERVING = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def _gather_axis(node: Any) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 0)
+
+
 def _embedding_rows(model: Any) -> dict[str, int]:
-    # An integer input that a Gather reads an initializer with indexes its rows (token ids).
+    """Graph input -> rows of the smallest table it indexes: a Gather whose data is an initializer and whose
+    indices are that input (token ids, token types), directly or through casts and reshapes."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    return {
-        n.input[1]: shapes[n.input[0]][0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in shapes
-    }
+    source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type in _VALUE_PRESERVING and n.input}
+    rows: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type != "Gather" or len(n.input) < 2 or n.input[0] not in shapes:
+            continue
+        dims, axis = shapes[n.input[0]], _gather_axis(n)
+        if not -len(dims) <= axis < len(dims):
+            continue
+        indices = n.input[1]
+        while indices in source:
+            indices = source[indices]
+        rows[indices] = min(dims[axis], rows.get(indices, dims[axis]))
+    return rows
 
 
 def _read_input(value_info: Any, given: Mapping[str, Sequence[int]], rows: Mapping[str, int]) -> tuple[OnnxInput, Any]:
@@ -258,4 +280,5 @@ def zoo_entry(
         input_shapes=tuple(i.shape for i in model.inputs),
         input_dtypes=tuple(i.datatype for i in model.inputs),
         meta={"onnx": model, "path": str(model.path), "opset": model.opset, "outputs": list(model.outputs)},
+        value_ranges=lambda: tuple(None if not i.high else (0, i.high - 1) for i in model.inputs),
     )

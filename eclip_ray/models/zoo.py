@@ -31,6 +31,13 @@ class ZooModel:
     input_shapes: tuple[tuple[int, ...], ...]  # without the batch dimension
     input_dtypes: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Each input's inclusive (low, high), None where any value goes; a function, because text models read it
+    # from their transformers config, which is not built until asked for.
+    value_ranges: Callable[[], tuple[tuple[int, int] | None, ...]] | None = None
+
+    def ranges(self) -> tuple[tuple[int, int] | None, ...]:
+        """Each input's inclusive value range (None: unbounded), e.g. [0, vocab_size - 1] for token ids."""
+        return self.value_ranges() if self.value_ranges else (None,) * len(self.input_names)
 
 
 class EncoderOutput(nn.Module):
@@ -61,6 +68,16 @@ def _torchvision(arch: str, **kwargs: Any) -> Callable[[], nn.Module]:
     return build
 
 
+# Inputs of a transformers encoder that index an embedding, and the config field that gives its rows.
+_EMBEDDING_ROWS = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size"}
+
+
+def config_ranges(config: Any, input_names: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """[0, rows - 1] for each input that indexes an embedding of a transformers ``config``, else None."""
+    rows = [getattr(config, _EMBEDDING_ROWS.get(n, ""), None) for n in input_names]
+    return tuple((0, int(r) - 1) if isinstance(r, int) and r > 0 else None for r in rows)
+
+
 def text_model(name: str, config_factory: Callable[[], Any], seq_len: int = SEQ_LEN) -> ZooModel:
     def build() -> nn.Module:
         from transformers import AutoModel
@@ -71,7 +88,17 @@ def text_model(name: str, config_factory: Callable[[], Any], seq_len: int = SEQ_
         vocab = config_factory().vocab_size
         return (torch.randint(0, vocab, (batch, seq_len)),)
 
-    return ZooModel(name, build, make_inputs, "text", ("input_ids",), ((seq_len,),), ("INT64",))
+    names = ("input_ids",)
+    return ZooModel(
+        name,
+        build,
+        make_inputs,
+        "text",
+        names,
+        ((seq_len,),),
+        ("INT64",),
+        value_ranges=lambda: config_ranges(config_factory(), names),
+    )
 
 
 def _albert_base():

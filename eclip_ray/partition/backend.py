@@ -74,5 +74,20 @@ class PartitionBackend(ABC):
     def synchronize(self) -> None:
         """Wait for all work on the device."""
 
+    def context_fault(self) -> str | None:
+        """None while the device context still runs work; else why not, after a sticky error (a device-side
+        assert, an illegal address: every later call in this process fails too). Called after a batch failed,
+        from any thread; it waits for the device's work. This default probes through torch: a tiny kernel and a
+        synchronize."""
+        try:
+            probe = torch.ones(1, device=self.device())
+            probe.add_(1)
+            torch.cuda.synchronize(self.device())
+            if probe.item() != 2:
+                return "a probe kernel on the device gave a wrong result"
+        except Exception as e:  # torch.AcceleratorError and kin: the error the context is stuck with
+            return f"{type(e).__name__}: {e}"
+        return None
+
     def close(self) -> None:
         """Destroy every stream and context this backend created."""

@@ -37,6 +37,9 @@ class CpuBackend(PartitionBackend):
     def new_stream(self, partition: Partition, priority: int = 0) -> None:
         return None  # no streams, so no priorities: requests run eagerly on the calling thread
 
+    def context_fault(self) -> str | None:
+        return None  # the host has no device context to lose
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,

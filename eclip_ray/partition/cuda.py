@@ -212,6 +212,42 @@ class CudaGreenBackend(PartitionBackend):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self._index)
 
+    def context_fault(self) -> str | None:
+        """The primary context (synchronized, then a 256-byte allocation written and freed) and every green
+        context (synchronized), each made current on the calling thread for the probe: the first call that fails
+        names the sticky error, e.g. ``cuCtxSynchronize failed with CUDA_ERROR_ASSERT``."""
+        cu, where = self._cu, f"device {self._index}"
+        try:
+            primary = check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain", where)
+            try:
+                self._probe(primary, f"{where}, primary context", allocate=True)
+            finally:
+                released = cu.cuDevicePrimaryCtxRelease(self._dev)
+            check(released, "cuDevicePrimaryCtxRelease", where)
+            for i, green in enumerate(self._contexts):
+                what = f"{where}, green context {i}"
+                self._probe(check(cu.cuCtxFromGreenCtx(green), "cuCtxFromGreenCtx", what), what, allocate=False)
+        except BackendError as e:
+            return str(e)
+        return None
+
+    def _probe(self, ctx: Any, what: str, allocate: bool) -> None:
+        cu = self._cu
+        check(cu.cuCtxPushCurrent(ctx), "cuCtxPushCurrent", what)
+        try:
+            check(cu.cuCtxSynchronize(), "cuCtxSynchronize", what)
+            if allocate:
+                ptr = check(cu.cuMemAlloc(256), "cuMemAlloc", what)
+                try:
+                    check(cu.cuMemsetD8(ptr, 0, 256), "cuMemsetD8", what)
+                    check(cu.cuCtxSynchronize(), "cuCtxSynchronize", what)
+                finally:
+                    freed = cu.cuMemFree(ptr)
+                check(freed, "cuMemFree", what)
+        finally:
+            popped = cu.cuCtxPopCurrent()
+        check(popped, "cuCtxPopCurrent", what)
+
     def close(self) -> None:
         if not self._contexts and not self._streams:
             return

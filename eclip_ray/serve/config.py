@@ -6,14 +6,16 @@ an error rather than a silently ignored setting. Units are in the names.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from eclip_ray.actor.spec import DATATYPES, ServedModel, TensorInfo, power_of_two_sizes
+from eclip_ray.actor.values import check_range
 
 Datatype = Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -31,9 +33,23 @@ class TensorSpec(BaseModel):
         description="Shape without the batch dimension. Required for inputs (graphs are captured at fixed "
         "shapes); for outputs, None takes the shape the model returns.",
     )
+    value_range: tuple[int, int] | tuple[float, float] | None = Field(
+        None,
+        description="Inputs only: the least and the greatest value a request may hold (inclusive), e.g. [0, 1] for "
+        "a mask or [0, rows - 1] for indices into a table; a value outside gets 400. Zoo text models and ONNX "
+        "files fill it in for inputs that index an embedding; the GPU actor also learns it from nn.Embedding "
+        "modules at start. A declared range wins.",
+    )
+
+    @field_validator("value_range")
+    @classmethod
+    def _range_fits(cls, v: tuple | None, info: ValidationInfo) -> tuple | None:
+        if v is None or "datatype" not in info.data:  # a bad datatype is reported on its own
+            return v
+        return check_range(v, info.data["datatype"])
 
     def info(self) -> TensorInfo:
-        return TensorInfo(self.name, self.datatype, self.shape)
+        return TensorInfo(self.name, self.datatype, self.shape, self.value_range)
 
 
 class ModelConfig(BaseModel):
@@ -119,6 +135,8 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{kind} names of model {self.name!r} repeat: {names}")
         if self.inputs is not None and any(t.shape is None or min(t.shape, default=0) < 0 for t in self.inputs):
             raise ValueError(f"every input of model {self.name!r} needs a fixed shape (graphs are captured at it)")
+        if any(t.value_range is not None for t in self.outputs or ()):
+            raise ValueError(f"model {self.name!r}: value_range bounds inputs; outputs take none")
         return self
 
     def served(self) -> ServedModel:
@@ -236,16 +254,18 @@ class AppConfig(BaseModel):
 
     def resolved(self) -> AppConfig:
         """This config with every zoo model's inputs filled in from the zoo, and every ONNX model's from its
-        graph (builds no weights)."""
-        from eclip_ray.actor.loader import is_onnx, zoo_inputs
+        graph, value ranges included (builds no weights)."""
+        from eclip_ray.actor.loader import is_import_path, is_onnx, zoo_inputs
 
         models = []
         for m in self.models:
             if is_onnx(m.loader_name):
                 m = _resolved_onnx(m, self.allowed_model_dirs)
             elif m.inputs is None:
-                specs = [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in zoo_inputs(m.loader_name)]
-                m = m.model_copy(update={"inputs": specs})
+                m = _with_inputs(m, zoo_inputs(m.loader_name))
+            elif not is_import_path(m.loader_name):
+                with contextlib.suppress(KeyError):  # not in the zoo: the GPU actor reports it when it loads
+                    m = _with_inputs(m, zoo_inputs(m.loader_name))
             models.append(m)
         return self.model_copy(update={"models": models})
 
@@ -266,7 +286,7 @@ class AppConfig(BaseModel):
 
 def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelConfig:
     """``m`` with its inputs read from the ONNX graph (declared ones fix symbolic dimensions)."""
-    from eclip_ray.actor.loader import onnx_entry
+    from eclip_ray.actor.loader import entry_inputs, onnx_entry
 
     declared = [t.info() for t in m.inputs or ()]
     entry = onnx_entry(m.loader_name, allowed_model_dirs, m.name, declared)
@@ -276,10 +296,20 @@ def _resolved_onnx(m: ModelConfig, allowed_model_dirs: Sequence[str]) -> ModelCo
             f"model {m.name!r}: {Path(entry.meta['path']).name} was exported for batches of exactly {batch} rows; "
             "export it with a dynamic batch dimension (batches are padded to each of batch_sizes)"
         )
-    if m.inputs is not None:
-        return m
-    io = zip(entry.input_names, entry.input_shapes, entry.input_dtypes, strict=True)
-    return m.model_copy(update={"inputs": [TensorSpec(name=n, datatype=d, shape=tuple(s)) for n, s, d in io]})
+    return _with_inputs(m, entry_inputs(entry))
+
+
+def _with_inputs(m: ModelConfig, found: Sequence[TensorInfo]) -> ModelConfig:
+    """``m`` with the inputs ``found`` (from the zoo or a graph) where it declares none; where it does, each
+    declared input without a value range takes the one found for its name."""
+    if m.inputs is None:
+        specs = [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape, value_range=t.value_range) for t in found]
+        return m.model_copy(update={"inputs": specs})
+    ranges = {t.name: t.value_range for t in found}
+    specs = [
+        t if t.value_range is not None else t.model_copy(update={"value_range": ranges.get(t.name)}) for t in m.inputs
+    ]
+    return m.model_copy(update={"inputs": specs})
 
 
 def queue_size(model: ModelConfig, limits: Limits) -> int:

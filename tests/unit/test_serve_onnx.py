@@ -34,7 +34,7 @@ def test_an_onnx_loader_under_an_allowed_dir_gets_its_inputs_from_the_graph(dirs
     allowed, _ = dirs
     cfg = AppConfig.model_validate(_app(f"onnx:{allowed / 'tiny-cnn.onnx'}", [allowed])).resolved()
     assert [t.model_dump() for t in cfg.model("m").inputs] == [
-        {"name": "input", "datatype": "FP32", "shape": (3, 32, 32)}
+        {"name": "input", "datatype": "FP32", "shape": (3, 32, 32), "value_range": None}
     ]
     assert not is_import_path(cfg.model("m").loader_name)
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from eclip_ray.actor.spec import BatchResult, ModelUnavailable
+from eclip_ray.actor.spec import BatchResult, InvalidInput, ModelUnavailable
 from eclip_ray.serve._private.batching import Batched, Batcher, BatchPolicy
 from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
+from eclip_ray.serve._private.learnt import LearntRanges
 from eclip_ray.serve._private.metrics import RayServeMetrics, ServeMetrics
 from eclip_ray.serve._private.routing import ActorRouter, Route
 from eclip_ray.serve._private.stats import ModelStats
@@ -83,6 +84,8 @@ class ModelDeployment:
         self.stats = ModelStats(self.cfg.name)
         self.metrics: ServeMetrics = RayServeMetrics([self.cfg.name]) if metrics else ServeMetrics()
         self._outputs: list[dict] | None = None
+        self._learnt = LearntRanges(self.cfg)
+        self._learning: asyncio.Task | None = None
 
     async def _fetch_actors(self) -> Sequence[tuple[int, Any]]:
         return await self._fleet.actors_for.remote(self.cfg.name)
@@ -95,6 +98,10 @@ class ModelDeployment:
         t0 = time.perf_counter()
         rows = int(inputs[0].shape[0])
         waited_s = 0.0 if received_at is None else max(0.0, time.time() - received_at)
+        problem = self._out_of_range(inputs)
+        if problem is not None:
+            self.stats.failed(time.perf_counter() - t0)
+            return Reply(failure=Failure(400, f"model {self.cfg.name!r}: {problem}"))
         try:
             done: Batched = await self.batcher.submit(inputs, rows, waited_s)
         except RequestError as e:
@@ -103,6 +110,14 @@ class ModelDeployment:
         self.stats.succeeded(rows, time.perf_counter() - t0, done.queue_s)
         self.metrics.queued(self.cfg.name, done.queue_s)
         return Reply(done.names, done.outputs, None, done.queue_s, done.batch_rows, done.result.gpu)
+
+    def _out_of_range(self, inputs: list[np.ndarray]) -> str | None:
+        """A range an actor learnt that the request breaks; until an actor has answered, it asks in the background
+        (meanwhile the actor's own check stands)."""
+        if self._learning is None and self._learnt.due():
+            self._learning = asyncio.get_running_loop().create_task(self.ready())
+            self._learning.add_done_callback(lambda _: setattr(self, "_learning", None))
+        return self._learnt.problem(inputs)
 
     async def _run(self, inputs: list[np.ndarray]) -> BatchResult:
         """One batch to the least busy actor hosting the model; if that actor is down, to the next replica."""
@@ -151,6 +166,8 @@ class ModelDeployment:
         cause = e.cause if isinstance(e, RayTaskError) else e
         if isinstance(cause, ModelUnavailable):
             return self._unavailable(str(cause))
+        if isinstance(cause, InvalidInput):  # the actor's own check: the request's fault, not the server's
+            return RequestError(400, str(cause))
         log.error("batch of %s failed on GPU %d: %r", self.cfg.name, gpu, cause)
         return RequestError(500, f"model {self.cfg.name!r} failed on GPU {gpu}: {type(cause).__name__}: {cause}")
 
@@ -175,6 +192,7 @@ class ModelDeployment:
             state = answer["models"][self.cfg.name]
             if state["ready"]:
                 self._outputs = state["outputs"]
+                self._learnt.learn(state)
                 return {"ready": True, "reason": None, "outputs": state["outputs"]}
             reasons.append(f"GPU {route.gpu}: {state['error']}")
         return {"ready": False, "reason": "; ".join(reasons) or "no GPU actor hosts it", "outputs": []}

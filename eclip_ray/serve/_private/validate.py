@@ -1,4 +1,4 @@
-"""A decoded request checked against the model it is for: names, datatypes, shapes and batch size.
+"""A decoded request checked against the model it is for: names, datatypes, shapes, value ranges, batch size.
 
 Runs in the ingress, so a bad request is answered there (400) and never reaches
 a batch, the GPU actor, or another model's requests.
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from eclip_ray.actor.values import range_problem
 from eclip_ray.serve._private.codec import InferRequest
 from eclip_ray.serve._private.errors import RequestError
 from eclip_ray.serve.config import ModelConfig
@@ -41,6 +42,9 @@ def check_inputs(model: ModelConfig, request: InferRequest) -> tuple[list[np.nda
                 f"model {model.name!r}: input {spec.name!r} has shape {list(array.shape)}; "
                 f"the model takes {[-1, *spec.shape]}",
             )
+        problem = range_problem(spec.name, array, spec.value_range)
+        if problem is not None:
+            raise RequestError(400, f"model {model.name!r}: {problem}")
         rows.add(int(array.shape[0]))
         arrays.append(array)
     return arrays, _rows(model, rows)
