@@ -260,13 +260,13 @@ def test_lane_history_is_bounded_and_each_window_starts_afresh():
     assert lanes[0].total_completed < first and lanes[0].recent[0][0] > t  # counted from the new loop's start
 
 
-def test_a_window_the_loop_never_saw_is_an_error_not_a_number():
+def test_a_window_the_loop_saw_open_late_is_still_a_whole_window():
     class Blocking(FakeRunner):
         def submit(self, inputs, plan):
-            time.sleep(0.15)  # an eager call longer than warm-up and window together
+            if self.count == 0:
+                time.sleep(0.15)  # the first call holds the loop past warm-up and window together
             return super().submit(inputs, plan)
 
-    lanes = [Lane("m0", Blocking("m0", 0.0, [], on_gpu=False), WHOLE, 1, ())]
-    with pytest.raises(RuntimeError, match=r"no pass in the 0\.05 s window"):
-        drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.05)
-    assert not lanes[0].inflight
+    lanes = [Lane("m0", Blocking("m0", 1.0, [], on_gpu=False), WHOLE, 1, ())]
+    w = drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.05)
+    assert w.seconds >= 0.05 and w.lanes["m0"].requests > 0 and w.loop_us > 0
