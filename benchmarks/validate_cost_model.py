@@ -30,7 +30,7 @@ from eclip_ray.bench.load import Load
 from eclip_ray.bench.mixes import MIXES
 from eclip_ray.bench.stats import percentile
 from eclip_ray.graph import Plan
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition.layout import Layout
 from eclip_ray.partition.placement import verify_pool

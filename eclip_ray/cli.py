@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from eclip_ray.planner.profile import DEFAULT_SIZES as PROFILE_SIZES
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
@@ -56,9 +58,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from eclip_ray.planner.profiler import run_profiles
+    from eclip_ray.graph.profiler import run_profiles
 
-    written = run_profiles(args.models, args.batch_sizes, args.sizes, args.out, repeats=args.repeats)
+    written = run_profiles(
+        args.models, args.batch_sizes, args.sizes, args.out, repeats=args.repeats, budget_s=args.budget_s
+    )
     print(f"wrote {len(written)} profiles to {args.out}")
     return 0
 
@@ -67,7 +71,7 @@ def _calibrate_power(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from eclip_ray.energy.calibrate import power_model
-    from eclip_ray.planner.profiler import partition_for, profiling_layout
+    from eclip_ray.graph.profiler import partition_for, profiling_layout
     from eclip_ray.runtime import Runtime
 
     with Runtime(backend="cuda", layout=lambda g: profiling_layout(g, args.sizes)) as rt:
@@ -93,9 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="profile models' kernel groups on each partition size (GPU)")
     pr.add_argument("models", nargs="+")
     pr.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8, 16])
-    pr.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 96, 132], help="SM counts to measure")
+    pr.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=list(PROFILE_SIZES),
+        help="SM counts to measure, down to the device's step (8 on Hopper); a count >= the device's is the whole GPU",
+    )
     pr.add_argument("--out", default="benchmarks/profiles/h100")
     pr.add_argument("--repeats", type=int, default=3)
+    pr.add_argument("--budget-s", type=float, default=None, help="start no profile after this many seconds")
     pr.set_defaults(func=_profile)
     cp = sub.add_parser("calibrate-power", help="measure idle power and power on N SMs (GPU)")
     cp.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 96, 132])

@@ -5,8 +5,8 @@
 # no pydantic needed).
 #
 #   bash scripts/gpu_bench.sh                 # list the steps, their commands and estimated seconds
-#   bash scripts/gpu_bench.sh mps4 ab         # device call 1 (about 7.5 min): the MPS check, then A and B
-#   bash scripts/gpu_bench.sh c               # device call 2 (about 3.5 min): regime C
+#   bash scripts/gpu_bench.sh mps4 ab         # device call 1 (9.5 min): the MPS check, then A and B
+#   bash scripts/gpu_bench.sh ab c            # device call 2: what call 1 left of A and B (resumed), regime C
 #   bash scripts/gpu_bench.sh merge           # here, no GPU: summary.json, README.md tables, plots/
 #
 # Steps:
@@ -15,7 +15,9 @@
 #          "2 Poisson rates for 1 instances"); prints PASS or FAIL.
 #   ab     regimes A and B on H1-H4, SLO = $SLO x the isolated p99; policies in order of importance
 #          (multi-stream, eclip, stream-priority, model-wise, then mps-equal and mps on clients started
-#          once), and the nested plan resnet50=whole,vgg19=112 on H1.
+#          once), and the nested plan resnet50=whole,vgg19=112 on H1. eclip (issue 15's adaptive policy)
+#          measures its candidates at every load level of every search, within ECLIP_SELECTION_S (3) s
+#          of trials per level ("default": the policy's own 10 s).
 #   c      regime C: M1-M7 x the paper's six policies at batch 1, closed loop, one request in flight.
 #   merge  all part files of $SAVED into $RESULTS/summary.json, README.md and plots/.
 #
@@ -28,7 +30,7 @@
 # H200; e.g. PROFILES=h200,h100 takes the H200's where they exist), SLO, STEPS, STEP_S, STEP_WARMUP_S,
 # FINAL_S, C_WINDOW_S, C_WARMUP_S, ISOLATED_S, WARMUP_S, BACKEND and PYTHON (BACKEND=cpu runs the same
 # commands on the CPU backend: only mps4 is quick there; the tests cover the harness with tiny models).
-# To spend less: STEPS=3 (about 6 min for ab), ISOLATED_S=1.5.
+# To spend less: STEPS=3 (about a minute less for ab), ISOLATED_S=1.5, ECLIP_SELECTION_S=2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARD=${CARD:-h200}
@@ -42,17 +44,19 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # 32 hardware work queues for every in-process policy, set before any process starts CUDA
 # (partition/cuda.py); the MPS clients ask for 4 each whatever this says (bench/mps.py).
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-32}
-BACKEND=${BACKEND:-cuda} PROFILES=${PROFILES:-h100} SLO=${SLO:-3}
+BACKEND=${BACKEND:-cuda} PROFILES=${PROFILES:-h100} SLO=${SLO:-3} ECLIP_SELECTION_S=${ECLIP_SELECTION_S:-3}
 STEPS=${STEPS:-4} STEP_S=${STEP_S:-0.8} STEP_WARMUP_S=${STEP_WARMUP_S:-0.25} FINAL_S=${FINAL_S:-2}
 C_WINDOW_S=${C_WINDOW_S:-2} C_WARMUP_S=${C_WARMUP_S:-0.5} ISOLATED_S=${ISOLATED_S:-2} WARMUP_S=${WARMUP_S:-0.5}
 AB_POLICIES=(multi-stream eclip stream-priority model-wise mps-equal mps)
 C_POLICIES=(time-share multi-stream model-wise mps kw-prealloc eclip)
 # Seconds each step may take at most (its estimate plus a margin); the budget's rest is shared in order.
-declare -A STEP_MAX=([mps4]=60 [ab]=450 [c]=270)
-declare -A ESTIMATE=([mps4]=25 [ab]=420 [c]=205)
+declare -A STEP_MAX=([mps4]=60 [ab]=540 [c]=270)
+declare -A ESTIMATE=([mps4]=25 [ab]=520 [c]=215)
 
 command_of() {  # the command of step $1, one word per line
   local common=(--backend "$BACKEND" --profiles "$PROFILES" --isolated-s "$ISOLATED_S" --seed 0 --resume)
+  local selection=()
+  if [ "$ECLIP_SELECTION_S" != default ]; then selection=(--eclip-selection-s "$ECLIP_SELECTION_S"); fi
   case $1 in
     mps4)
       printf '%s\n' "$PY" -m eclip_ray.cli bench --models \
@@ -63,11 +67,11 @@ command_of() {  # the command of step $1, one word per line
       printf '%s\n' "$PY" -m eclip_ray.cli bench --mixes H1 H2 H3 H4 --regimes A B \
         --policies "${AB_POLICIES[@]}" --plan "H1:resnet50=whole,vgg19=112" --slo-factor "$SLO" \
         --search-steps "$STEPS" --step-window-s "$STEP_S" --step-warmup-s "$STEP_WARMUP_S" \
-        --final-window-s "$FINAL_S" --warmup-s "$WARMUP_S" "${common[@]}" --out "$PARTS/ab.json" ;;
+        --final-window-s "$FINAL_S" --warmup-s "$WARMUP_S" "${selection[@]}" "${common[@]}" --out "$PARTS/ab.json" ;;
     c)
       printf '%s\n' "$PY" -m eclip_ray.cli bench --mixes M1 M2 M3 M4 M5 M6 M7 --regimes C \
         --policies "${C_POLICIES[@]}" --load closed --inflight 1 --batch-size 1 --slo-factor "$SLO" \
-        --window-s "$C_WINDOW_S" --warmup-s "$C_WARMUP_S" "${common[@]}" --out "$PARTS/c.json" ;;
+        --window-s "$C_WINDOW_S" --warmup-s "$C_WARMUP_S" "${selection[@]}" "${common[@]}" --out "$PARTS/c.json" ;;
     merge)
       printf '%s\n' "$PY" -m eclip_ray.cli bench merge "$SAVED"/*.json --out "$RESULTS/summary.json" ;;
     *) return 1 ;;

@@ -3,7 +3,9 @@
 # as arguments, each under its own time limit, logging into $OUT/work; everything is packed
 # into $OUT/results.tgz at the end (the device tool returns at most 8 files).
 #   steps: tests bench demo power profile:<batch sizes>:<models...> validate[:<connections>:<mixes>]
-#          bench:<bench_h100.sh parts> gpu_bench:<scripts/gpu_bench.sh steps, e.g. mps4,ab or c>
+#          bench:<bench_h100.sh parts> corun gpu_bench:<scripts/gpu_bench.sh steps, e.g. mps4,ab or c>
+# profile:1,8,16:resnet50,vgg19 profiles at 8..132 SMs into $W/profiles, starting none past PROFILE_LIMIT - 30 s;
+# corun measures co-run tails (benchmarks/corun_tails.py, ~90 s) into corun_tails.json.
 # validate:32:M1,M5 runs the cost-model validation of M1 and M5 with CUDA_DEVICE_MAX_CONNECTIONS=32
 # ("default" leaves it unset) into validation_c32.json.
 set -u
@@ -46,7 +48,8 @@ for s in "$@"; do
     profile:*)
       IFS=: read -r _ bs models <<< "$s"
       step "profile_${bs//,/_}" "${PROFILE_LIMIT:-300}" python3 -m eclip_ray.cli profile ${models//,/ } \
-        --batch-sizes ${bs//,/ } --out "$W/profiles" ;;
+        --batch-sizes ${bs//,/ } --out "$W/profiles" --budget-s $(( ${PROFILE_LIMIT:-300} - 30 )) ;;
+    corun) step corun_tails 150 python3 benchmarks/corun_tails.py --out "$W/corun_tails.json" --budget-s 90 ;;
     validate:*)
       IFS=: read -r _ conns mixes <<< "$s"
       ( if [ "$conns" = default ]; then unset CUDA_DEVICE_MAX_CONNECTIONS; else export CUDA_DEVICE_MAX_CONNECTIONS=$conns; fi

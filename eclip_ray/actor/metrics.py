@@ -1,4 +1,5 @@
-"""Per-GPU metrics of the actor: power, energy, joules per inference, the plan in use, and device faults.
+"""Per-GPU metrics of the actor: power, energy, joules per inference, the plan in use, the adaptive candidate,
+and device faults.
 
 ``GpuMetrics`` records nothing (plain-class use and tests); ``RayGpuMetrics``
 exports through ``ray.util.metrics`` (Ray's Prometheus endpoint) and imports
@@ -20,6 +21,12 @@ class GpuMetrics:
 
     def plan(self, model: str, label: str, previous: str | None) -> None:
         """``model`` now runs under the plan ``label``."""
+
+    def candidate(self, name: str, previous: str | None, kind: str) -> None:
+        """The adaptive plans now run candidate ``name`` (``kind``: selected, breach, recover, load)."""
+
+    def selection(self, seconds: float, measured: int, met: bool) -> None:
+        """A measured selection took ``seconds`` over ``measured`` candidates; whether its choice met every SLO."""
 
     def device_fault(self, sticky: bool) -> None:
         """A batch failed on the device; ``sticky``: its device context was unusable after it."""
@@ -44,6 +51,23 @@ class RayGpuMetrics(GpuMetrics):
             tag_keys=("gpu", "model", "plan"),
         )
         self._switches = Counter("eclip_gpu_plan_switches", "Plan changes of a model", tag_keys=("gpu", "model"))
+        self._candidate = Gauge(
+            "eclip_gpu_candidate",
+            "1 for the adaptive candidate running now, 0 for those left",
+            tag_keys=("gpu", "name"),
+        )
+        self._moves = Counter(
+            "eclip_gpu_candidate_switches", "Moves of the adaptive guard, by kind", tag_keys=("gpu", "kind")
+        )
+        self._selection_s = Gauge(
+            "eclip_gpu_selection_seconds", "Time of the last measured selection (s)", tag_keys=("gpu",)
+        )
+        self._selection_n = Gauge(
+            "eclip_gpu_selection_trials", "Candidates the last selection measured", tag_keys=("gpu",)
+        )
+        self._selection_met = Gauge(
+            "eclip_gpu_selection_slo_met", "1 if the selected candidate met every SLO when measured", tag_keys=("gpu",)
+        )
         self._faults = Counter(
             "eclip_gpu_device_faults",
             "Batches failed by the device; sticky: the context was unusable after it",
@@ -80,6 +104,17 @@ class RayGpuMetrics(GpuMetrics):
             self._plan.set(0, tags={**tags, "plan": previous})
             self._switches.inc(1, tags=tags)
         self._plan.set(1, tags={**tags, "plan": label})
+
+    def candidate(self, name: str, previous: str | None, kind: str) -> None:
+        if previous is not None:
+            self._candidate.set(0, tags={**self._tags, "name": previous})
+            self._moves.inc(1, tags={**self._tags, "kind": kind})
+        self._candidate.set(1, tags={**self._tags, "name": name})
+
+    def selection(self, seconds: float, measured: int, met: bool) -> None:
+        self._selection_s.set(seconds, tags=self._tags)
+        self._selection_n.set(measured, tags=self._tags)
+        self._selection_met.set(1.0 if met else 0.0, tags=self._tags)
 
 
 def _reconstructed() -> bool:

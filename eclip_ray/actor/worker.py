@@ -44,6 +44,7 @@ from eclip_ray.actor.ledger import EnergyLedger
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
+from eclip_ray.actor.selection import open_adaptive, start_adaptive
 from eclip_ray.actor.spec import BatchResult, DeviceFault, ModelUnavailable, ServedModel, TensorInfo, torch_dtype
 from eclip_ray.energy import UnavailableMeter
 from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
@@ -98,6 +99,10 @@ class GpuWorker:
     CUDA device (0 inside a Ray actor, which sees only its own GPU).
     ``plan_table`` is a path of an ``eclip_ray.planner.PlanTable`` (or an
     object with its ``lookup``); without it every model runs on the whole GPU.
+    ``adaptive`` (an ``actor.selection.AdaptiveConfig`` or its fields as a dict) builds
+    the pool from the models' candidate plans, measures them at start (or takes the
+    selection its plan table holds) and guards every batch; it takes precedence over
+    ``plan_table`` for the models it covers, and if it cannot start, the table serves.
     ``allowed_modules`` and ``allowed_model_dirs`` bound what loaders may import
     and read, checked here again whatever the config said. ``exit_hook(reason)``
     is called once the device context is poisoned and the batches in flight
@@ -117,6 +122,7 @@ class GpuWorker:
         energy_window_s: float = 5.0,
         metrics: bool = False,
         exit_hook: Callable[[str], None] | None = None,
+        adaptive: Any = None,
     ) -> None:
         self.gpu = gpu
         self.device_index = device_index
@@ -127,6 +133,7 @@ class GpuWorker:
         self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
         self.table_error: str | None = None
         table = self._open_table(plan_table)
+        self.adaptive, self.adaptive_error = open_adaptive(adaptive, models, self.metrics)
         self.runtime = self._runtime(backend, table, max(1, len(models)), device_index)
         self._sm = {name: self.runtime.pool.sm_count(name) for name in self.runtime.pool.names}
         self.selector = PlanSelector(table, {m.name: m.batch_sizes for m in models}, active_window_s)
@@ -161,7 +168,13 @@ class GpuWorker:
             return None
 
     def _runtime(self, backend: str, table: Any, workers: int, device_index: int) -> Runtime:
-        """The pool the table's plans were made for, else ECLIP's ladder for ``workers`` models."""
+        """The adaptive candidates' pool, else the one the table's plans were made for, else ECLIP's ladder."""
+        if self.adaptive is not None:
+            try:
+                return Runtime(backend, layout=self.adaptive.layout, device_index=device_index, require_energy=False)
+            except (PlanError, KeyError, TypeError, ValueError) as e:  # LayoutError too
+                self.adaptive, self.adaptive_error = None, f"the candidates' pool could not be made: {e}"
+                log.error("adaptive plans are off: %s", self.adaptive_error)
         try:
             layout = _table_layout(table)
             if layout is not None:
@@ -173,6 +186,9 @@ class GpuWorker:
 
     def _load_all(self) -> None:
         candidates = self.selector.candidates()
+        if self.adaptive is not None:
+            for name, plans in self.adaptive.plans().items():
+                candidates.setdefault(name, set()).update(plans)
         prepared: dict[str, set[Plan]] = {}
         for name, spec in self.specs.items():
             try:
@@ -186,6 +202,10 @@ class GpuWorker:
                 self.failed[name] = f"{type(e).__name__}: {e}"
                 log.exception("model %s failed to load on GPU %d", name, self.gpu)
         self.selector.prepare(prepared)
+        if self.adaptive is not None:
+            self.adaptive_error = start_adaptive(self.adaptive, self.models, prepared, self.metrics)
+            if self.adaptive_error:
+                self.adaptive = None
 
     def _load(self, spec: ServedModel) -> _Served:
         entry = zoo_entry(spec, self.allowed_modules, allowed_model_dirs=self.allowed_model_dirs)
@@ -237,13 +257,17 @@ class GpuWorker:
         raise ModelUnavailable(f"model {model!r} is not placed on GPU {self.gpu}; it serves {sorted(self.models)}")
 
     def _plan_for(self, model: str, rows: int) -> Plan:
-        plan = self.selector.observe(model, rows, time.monotonic())
-        for m, p in self.selector.current().items():
+        if self.adaptive is not None and self.adaptive.covers(model):
+            current = {model: self.adaptive.plan(model, time.perf_counter())}
+        else:
+            plan = self.selector.observe(model, rows, time.monotonic())
+            current = {**self.selector.current(), model: plan}
+        for m, p in current.items():
             text = label(p)
             if m in self._labels and self._labels[m] != text:
                 self.metrics.plan(m, text, self._labels[m])
                 self._labels[m] = text
-        return plan
+        return current[model]
 
     async def infer(self, model: str, inputs: Sequence[np.ndarray]) -> BatchResult:
         """Run one batch of ``model`` (arrays in the model's input order) and return its outputs.
@@ -257,8 +281,8 @@ class GpuWorker:
         served = self._served(model)
         rows = check_batch(served.spec, served.ranges, inputs)
         self._ensure_energy_loop()
-        plan = self._plan_for(model, rows)
         tensors = served.tensors(inputs)
+        plan = self._plan_for(model, rows)
         t0 = time.perf_counter()
         self._inflight += 1
         try:
@@ -267,6 +291,8 @@ class GpuWorker:
             raise await self._device_fault(model, e) from e
         finally:
             self._inflight -= 1
+            if self.adaptive is not None and self.adaptive.covers(model):
+                self.adaptive.finish(model, t0, time.perf_counter())
         seconds = time.perf_counter() - t0
         served.inferences += rows
         served.batches += 1
@@ -402,6 +428,8 @@ class GpuWorker:
             "plan_fallbacks": self.selector.fallbacks,
             "plan_errors": list(self.plan_errors),
             "plan_table_error": self.table_error,
+            "adaptive": self.adaptive.stats() if self.adaptive is not None else {"active": False},
+            "adaptive_error": self.adaptive_error,
             "device_faults": self.device_faults,
             "last_device_fault": self.last_device_fault,
             "context_probes": self.health.probes,

@@ -96,6 +96,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--objective", default="throughput", choices=OBJECTIVES, help="eclip's objective")
+    p.add_argument(
+        "--eclip-selection-s",
+        type=float,
+        help="eclip's selection budget per load level, in seconds of trials (default: the policy's own)",
+    )
     p.add_argument("--fractions", default="0.25,0.5,0.75", help="the ladder pool's partition sizes (of the GPU)")
     p.add_argument("--isolated", help="a part or summary whose isolated latencies to use (measured where missing)")
     p.add_argument("--out", help="the part file (rewritten after every policy)")
@@ -194,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         search=Settings(
             args.search_steps, args.step_window_s, args.step_warmup_s, args.final_window_s, args.search_floor
         ),
+        eclip_selection_s=args.eclip_selection_s,
         batch_inflight=args.batch_inflight,
         max_inflight=args.max_inflight,
         isolated_file=args.isolated,

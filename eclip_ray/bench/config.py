@@ -40,6 +40,7 @@ class BenchConfig:
     objective: str = "throughput"
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     search: search.Settings = field(default_factory=search.Settings)
+    eclip_selection_s: float | None = None  # eclip's selection budget per load level; None: its own default
     batch_inflight: int = 1  # regime A: the batch job's requests in flight
     max_inflight: int = 32  # open loop: requests queued on the GPU per instance
     isolated_file: str | None = None
@@ -74,6 +75,7 @@ class BenchConfig:
             "profiles": self.profiles,
             "objective": self.objective,
             "fractions": list(self.fractions),
+            "eclip_selection_s": self.eclip_selection_s,
         }
         if regime == "C":
             return {"window_s": self.window_s, "warmup_s": self.warmup_s, **out}

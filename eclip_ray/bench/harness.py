@@ -26,14 +26,14 @@ from typing import Any
 from eclip_ray.bench import isolated as iso
 from eclip_ray.bench import mps, packing, policies, regimes, results
 from eclip_ray.bench.config import BenchConfig
-from eclip_ray.bench.execute import Budget, Case, record, run_alone, run_policy, todo
+from eclip_ray.bench.execute import WEIGHTS, Budget, Case, record, run_alone, run_policy, todo
 from eclip_ray.bench.load import Load
 from eclip_ray.bench.machine import header, probe
 from eclip_ray.bench.mixes import Instance
 from eclip_ray.bench.session import InProcessSession, ModuleCache
 from eclip_ray.energy import open_meter
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.partition import DeviceGeometry
 from eclip_ray.planner import catalog
 from eclip_ray.planner.mixes import instance_names
@@ -83,8 +83,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     save()
     setups: dict[tuple[int, str], policies.Setup] = {}
     on_mps = [p for p in cfg.policies if p in policies.MPS_POLICIES]
-    jobs = sum(bool(c.alone_needed()) + sum(bool(todo(c, p)) for p in cfg.policies_of(c.label)) for c in cases)
-    budget = Budget(cfg.deadline, jobs + bool(on_mps))
+    weight = sum(
+        bool(c.alone_needed()) + sum(WEIGHTS.get(p, 1.0) for p in cfg.policies_of(c.label) if todo(c, p)) for c in cases
+    )
+    budget = Budget(cfg.deadline, weight + bool(on_mps))
     for i, case in enumerate(cases):
         inproc = [p for p in cfg.policies_of(case.label) if p not in policies.MPS_POLICIES]
         _in_process(cfg, case, backend, cache, inproc, lambda p, i=i, c=case: _setup(setups, i, c, p), budget, save)
@@ -152,9 +154,9 @@ def _in_process(
         if setup.skipped:
             for lbl in todo(case, p):
                 record(case, lbl, p, results.not_measured("skipped", setup.skipped, setup.describe()), save)
-            budget.job()
+            budget.job(WEIGHTS.get(p, 1.0))
             continue
-        run_policy(cfg, case, setup, lambda setup=setup: session(setup), budget.job(), save)
+        run_policy(cfg, case, setup, lambda setup=setup: session(setup), budget.job(WEIGHTS.get(p, 1.0)), save)
 
 
 def _on_mps(
@@ -365,8 +367,9 @@ def _prepare(
         objective=cfg.objective,
         mps_note=mps.unavailable(backend),
         planner=prof.settings,
-        roles=roles,
         models=dict(zip(names, models, strict=True)),
+        selection_budget_s=cfg.eclip_selection_s,
+        **policies.roles_of(names, roles),
     )
     work = {n: packing.sm_ms_per_inference(p) for n, p in prof.profiles.items()} or None
     facts = regimes.MixFacts(tuple(names), roles, batch, slo, iso_rps, base, cfg.batch_inflight, cfg.max_inflight,

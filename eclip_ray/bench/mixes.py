@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 
 ROLES = ("latency", "batch")
 

@@ -21,7 +21,8 @@ requests are serialised:
 - ``kw-prealloc``: the ladder pool, every kernel group on the partition where
   it stops getting faster (its knee), switching wherever that changes, with
   no switch budget and no regard for the other models (ECLIP's KW_Prealloc).
-- ``eclip``: the optimizer's plan on the ladder pool, with the SLOs.
+- ``eclip``: candidate plans on a pool of their own, measured at every load level and
+  guarded online (``eclip_policy.py``: the adaptive policy object of ``Setup.adaptive``).
 - ``fixed:<spec>``: a plan the user gives (``--plan resnet50=whole,vgg19=112``):
   per instance an SM count or ``whole`` (``-1``: the SMs left), confined
   instances side by side from slot 0 (``partition.layout.arrange``), an
@@ -39,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from eclip_ray.bench import eclip_policy
 from eclip_ray.errors import PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.partition.layout import (
@@ -55,9 +57,9 @@ from eclip_ray.partition.layout import (
 from eclip_ray.planner import baselines
 from eclip_ray.planner.grouping import knee
 from eclip_ray.planner.mixes import build_mix
-from eclip_ray.planner.optimizer import optimize
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
+from eclip_ray.planner.selection import SelectionSettings
 from eclip_ray.planner.settings import PlannerSettings
 from eclip_ray.planner.steering import Steering
 
@@ -95,15 +97,31 @@ class MixInputs:
     objective: str = "throughput"
     mps_note: str = ""  # why MPS cannot run here; empty when it can
     planner: PlannerSettings = field(default_factory=PlannerSettings)
-    roles: Mapping[str, str] = field(default_factory=dict)  # instance -> "latency" or "batch"; absent: latency
+    roles: Mapping[str, str] = field(default_factory=dict)  # instance -> "latency" or "batch"
     models: Mapping[str, str] = field(default_factory=dict)  # instance -> zoo model (for fixed plans)
+    selection_budget_s: float | None = None  # eclip's selection time per load level; None: the policy's own
+    # The latency-critical instances, for eclip (planner/roles.py): the mix's roles where it has a batch job
+    # (``roles_of`` makes both); None: every instance a service of the same rank, eclip's own rule.
+    latency_critical: tuple[str, ...] | None = None
 
     def role(self, name: str) -> str:
-        return self.roles.get(name, "latency")
+        """``latency`` or ``batch``: from ``roles``, else from ``latency_critical``, else a service."""
+        if name in self.roles:
+            return self.roles[name]
+        if self.latency_critical is not None:
+            return "latency" if name in self.latency_critical else "batch"
+        return "latency"
 
     def ladder(self) -> Layout:
         """The pool of kw-prealloc and eclip: ECLIP's per-worker ladder plus the whole GPU."""
         return ladder(self.geometry, len(self.instances), self.fractions)
+
+
+def roles_of(instances: Sequence[str], roles: Mapping[str, str]) -> dict:
+    """``MixInputs``' ``roles`` and ``latency_critical`` for instance roles (absent: latency)."""
+    full = {n: roles.get(n, "latency") for n in instances}
+    critical = tuple(n for n in instances if full[n] == "latency") if "batch" in full.values() else None
+    return {"roles": full, "latency_critical": critical}
 
 
 Trial = Callable[[Any, float], dict]  # (a Mapping[str, Plan] or a Steering, window_s) -> window_metrics' dict
@@ -139,8 +157,8 @@ class Setup:
     skipped: str = ""
     details: dict = field(default_factory=dict)
     priorities: dict[str, int] = field(default_factory=dict)  # instance -> CUDA stream priority (lower: urgent)
-    layout: Layout | None = None  # the pool it runs on; None: policy_layout's rule
-    adaptive: AdaptivePolicy | None = None
+    layout: Layout | None = None  # the pool the policy runs on, where it brings its own; None: policy_layout's rule
+    adaptive: AdaptivePolicy | None = None  # plans() -> {instance: {Plan}} and steering(load, trial) -> Steering
 
     @property
     def in_process(self) -> bool:
@@ -286,18 +304,12 @@ def _kw_prealloc(mix: MixInputs) -> Setup:
 
 
 def _eclip(mix: MixInputs) -> Setup:
-    layout = mix.ladder()
-    plan = optimize(
-        mix.profiles,
-        layout,
-        dict(mix.slo_ms),
-        mix.objective,
-        power=mix.power,
-        power_note=mix.power_note,
-        settings=mix.planner,
-    )
-    details = {"objective": mix.objective, "optimal": plan.optimal, "predicted": plan.predicted.to_dict()}
-    return Setup("eclip", plan.plans(), details=details)
+    given = mix.selection_budget_s
+    policy, details = eclip_policy.build(mix, selection=SelectionSettings(budget_s=given) if given else None)
+    if given:
+        details["selection_budget_s"] = given
+    first = policy.adaptive.candidates.candidates[0]
+    return Setup("eclip", dict(first.plans), details=details, layout=policy.adaptive.candidates.layout, adaptive=policy)
 
 
 def parse_plan(text: str, mix: MixInputs) -> list[int | None]:

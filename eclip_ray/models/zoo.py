@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from eclip_ray.models.names import canonical
+
 IMAGE_SHAPE = (3, 224, 224)
 SEQ_LEN = 128
 
@@ -138,14 +140,6 @@ class TinyCNN(nn.Module):
 
 
 _REGISTRY: dict[str, ZooModel] = {}
-_ALIASES = {
-    "albert": "albert-base",
-    "bert": "bert-base",
-    "resnext101": "resnext101_32x8d",
-    "shufflenet": "shufflenet_v2_x1_0",
-    "shufflenet_v2": "shufflenet_v2_x1_0",
-    "mobilenet_v3": "mobilenet_v3_large",
-}
 
 
 def register(model: ZooModel) -> ZooModel:
@@ -173,13 +167,6 @@ register(
         "tiny-cnn", TinyCNN, lambda b: (torch.randn(b, 3, 32, 32),), "image", ("input",), ((3, 32, 32),), ("FP32",)
     )
 )
-
-ECLIP_SET = ("albert-base", "densenet201", "alexnet", "resnet152", "resnext101_32x8d", "shufflenet_v2_x1_0", "vgg19")
-ZOO_SET = (*ECLIP_SET, "resnet50", "bert-base", "mobilenet_v3_large")
-
-
-def canonical(name: str) -> str:
-    return _ALIASES.get(name, name)
 
 
 def get(name: str) -> ZooModel:

@@ -1,11 +1,29 @@
-"""SM partitions: layouts as data, vendor backends, and the stream pool built from them."""
+"""SM partitions: layouts as data, vendor backends, and the stream pool built from them.
+
+Layouts are plain data and import no torch; the backends and the stream pool need torch
+and are imported when first used (``eclip_ray.partition.StreamPool`` still works).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eclip_ray.errors import BackendUnavailable
-from eclip_ray.partition.backend import Partition, PartitionBackend
+from eclip_ray.lazy import attributes
 from eclip_ray.partition.layout import WHOLE, DeviceGeometry, Layout, PartitionSpec
-from eclip_ray.partition.pool import StreamPool
+
+if TYPE_CHECKING:
+    from eclip_ray.partition.backend import PartitionBackend
+
+_LAZY = {
+    "Partition": "eclip_ray.partition.backend",
+    "PartitionBackend": "eclip_ray.partition.backend",
+    "StreamPool": "eclip_ray.partition.pool",
+}
+
+
+__getattr__ = attributes(__name__, _LAZY)
+
 
 BACKENDS = ("auto", "cuda", "rocm", "cpu")
 

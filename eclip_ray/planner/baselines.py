@@ -87,4 +87,6 @@ def _one_stage(w: Worker, i: int, count: int) -> Worker:
         work=np.array([w.work.sum()]),
         switch_ms=w.switch_ms,
         slo_ms=w.slo_ms,
+        kernels=np.array([w.launches.sum()]),
+        kernel_ms=w.kernel_ms,
     )

@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.planner import profile as profile_io
+from eclip_ray.planner.cost import Pressure
 from eclip_ray.planner.power import FILENAME as POWER_FILE
 from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
@@ -70,21 +71,36 @@ def load_power(directory: Path, fitted: bool = True) -> tuple[PowerModel | None,
 
 
 def load_corun(directory: Path) -> dict | None:
-    """The fitted co-run coefficients beside the profiles (``corun.json``), or None."""
+    """The fitted co-run coefficients beside the profiles (``corun.json``), or None.
+
+    Files fitted before blocking and tails were modelled lack them: blocking 0, no tail model.
+    """
     path = directory / CORUN_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-        return {k: data[k] for k in ("interference", "contention", "power_scale")}
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        out = {k: data[k] for k in ("interference", "contention", "power_scale")}
+        out["blocking"] = float(data.get("blocking", 0.0))
+        out["coverage"] = float(data.get("coverage", 1.0))
+        tail = data.get("tail")
+        out["tail"] = None if tail is None else Pressure(**{k: float(v) for k, v in tail.items()})
+        return out
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise PlanError(f"malformed {path}: {e!r}") from e
 
 
 def fitted_settings(directory: Path, base: PlannerSettings | None = None) -> PlannerSettings:
-    """``base`` (default settings) with the interference and contention of ``corun.json``, where there is one."""
+    """``base`` (default settings) with the co-run coefficients of ``corun.json``, where there is one."""
     base = base or PlannerSettings()
     fit = load_corun(directory)
     if fit is None:
         return base
-    return replace(base, interference=float(fit["interference"]), contention=float(fit["contention"]))
+    return replace(
+        base,
+        interference=float(fit["interference"]),
+        contention=float(fit["contention"]),
+        blocking=fit["blocking"],
+        coverage=fit["coverage"],
+        tail=fit["tail"],
+    )

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from eclip_ray.errors import PlanError
-from eclip_ray.models.zoo import canonical
+from eclip_ray.models.names import canonical
 from eclip_ray.partition.layout import DeviceGeometry, Layout, ladder
 from eclip_ray.planner import baselines, catalog
 from eclip_ray.planner.baselines import Baseline
@@ -78,7 +78,11 @@ def fit_corun(args: argparse.Namespace) -> int:
         args.table.write_text(corun.markdown(rep))
     c, m = rep.coefficients, rep.medians()
     print(f"{len(rep.rows)} observations of {len(rep.held_out)} mixes")
-    print(f"fitted on all: interference {c.interference}, contention {c.contention}, power scale {c.power_scale}")
+    print(
+        f"fitted on all: interference {c.interference}, contention {c.contention}, blocking {c.blocking}, "
+        f"coverage {c.coverage}, power scale {c.power_scale}; "
+        f"tail (p99): {'not measured' if c.tail is None else c.tail.to_dict()}"
+    )
     print("each mix predicted with coefficients fitted on the others:")
     for key, v in m.items():
         print(f"  {key.replace('_', ' ')}: {'-' if v is None else f'{100 * v:.1f}%'}")

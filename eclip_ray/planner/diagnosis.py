@@ -19,13 +19,16 @@ from eclip_ray.planner.search import Search
 
 
 def best_latency_ms(mix: Mix, i: int, budget: int, time_limit_s: float = 10.0) -> float:
-    """Worker ``i``'s lowest predicted latency in ``mix`` (SLOs ignored, the others placed to help it)."""
+    """Worker ``i``'s lowest predicted p99 in ``mix`` (SLOs ignored, the others placed to help it).
+
+    The MILP minimises its median latency; the plan's tail is what is reported (they coincide
+    without a tail model)."""
     free = mix.without_slos()
     f = formulation.build(free, latency_of(free, i), budget)
     solution = f.program.solve(time_limit_s)
     if solution is None:
         raise AssertionError("a MILP without SLOs always has a plan")
-    return cost.evaluate(free, f.decode(free, solution.values)).latency_ms[mix.workers[i].name]
+    return cost.evaluate(free, f.decode(free, solution.values)).tail(mix.workers[i].name)
 
 
 def explain(search: Search) -> InfeasibleSLO:
@@ -60,7 +63,7 @@ def _conflicting(search: Search, in_mix: dict[int, float]) -> InfeasibleSLO:
     except PlanError:
         state = None
     least = search.consider(state) if state is not None else min(search.seen.values(), key=lambda c: c.violation)
-    late = least.prediction.latency_ms
+    late = {w.name: least.prediction.tail(w.name) for w in mix.workers}
     w = max((w for w in mix.workers if w.slo_ms is not None), key=lambda w: late[w.name] / w.slo_ms)  # type: ignore[operator]
     i = mix.workers.index(w)
     others = ", ".join(f"{o.name} ({o.slo_ms:g} ms)" for o in mix.workers if o is not w and o.slo_ms is not None)

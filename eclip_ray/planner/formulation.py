@@ -6,12 +6,16 @@ Per worker ``w``: binaries ``x[g, p]`` (group ``g`` on the ``p``-th partition
 indicator) with ``sum s <= 2 * budget``; per other worker ``v``, its work on
 each of its partitions ``busy_v[q]`` (linear in its ``x``) and the products
 ``y[g, p, q] = x[g, p] * busy_v[q]``, made exact by the two RLT equalities of
-``_slowdown``; ``d_w`` is the plan-independent device-wide slowdown
+``_products``; ``d_w`` is the plan-independent device-wide slowdown
 (``Mix.device_slowdown``). Then
 
-    latency_w = (1 + d_w) sum t x + interference * sum_v sum t share[p, q] y_v / S_v + switch_ms / 2 * sum s
+    latency_w = (1 + d_w) sum t x + switch_ms / 2 * sum s
+              + sum_v u_v / S_v sum (interference t[g, p] + blocking kappa_v K[g]) share[p, q] y_v[g, p, q]
 
-with ``latency_w <= slo_w`` (in elastic mode ``latency_w - slack_w <=
+(``u_v``: the neighbour's duty, 1 in a closed loop; ``kappa_v``: its mean kernel length;
+``K[g]``: the group's kernel launches; ``cost.py``)
+
+with ``latency_w <= slo_w`` under the tail's coefficients (in elastic mode ``latency_w - slack_w <=
 slo_w``, the slack heavily penalised). The objective is ``sum_w c_w latency_w``
 (``objective.py``).
 """
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eclip_ray.planner.cost import Mix, State
+from eclip_ray.planner.cost import Mix, Pressure, State
 from eclip_ray.planner.milp import Program
 from eclip_ray.planner.objective import Weights
 
@@ -43,31 +47,46 @@ class Formulation:
 
 
 def build(mix: Mix, w: Weights, budget: int, elastic: bool = False) -> Formulation:
-    """The MILP of ``mix`` for objective weights ``w`` and ``budget`` switches per request."""
+    """The MILP of ``mix`` for objective weights ``w`` and ``budget`` switches per request.
+
+    The objective uses the median coefficients (``Mix.pressure``), the SLO rows the tail's
+    (``Mix.tail_pressure``): SLOs are on p99. Both are linear in the same products ``y``.
+    """
     prog = Program()
     xs = [prog.var((len(wk.groups), len(wk.parts)), 0.0, 1.0, integer=True) for wk in mix.workers]
-    busy = _busy(prog, mix, xs) if len(mix.workers) > 1 and mix.interference > 0 else None
+    busy = _busy(prog, mix, xs) if len(mix.workers) > 1 and _presses(mix) else None
     for i, wk in enumerate(mix.workers):
         _one_per_group(prog, xs[i])
-        cols, vals = _latency(prog, mix, i, xs, busy, budget)
+        s = _switch_vars(prog, xs[i], min(budget, len(wk.groups) - 1))
+        ys = _products(prog, mix, i, xs[i], busy) if busy is not None else {}
+        cols, vals = _latency(mix, i, xs[i], s, ys, mix.pressure)
         prog.cost(cols, np.asarray(vals) * w.latency[i])
         if wk.slo_ms is not None:
-            _slo(prog, cols, vals, wk.slo_ms, elastic)
+            _slo(prog, *_latency(mix, i, xs[i], s, ys, mix.tail_pressure), wk.slo_ms, elastic)
     return Formulation(prog, xs)
 
 
+def _presses(mix: Mix) -> bool:
+    return any(c.interference > 0 or c.blocking > 0 for c in (mix.pressure, mix.tail_pressure))
+
+
 def _latency(
-    prog: Program, mix: Mix, i: int, xs: list[np.ndarray], busy: np.ndarray | None, budget: int
+    mix: Mix, i: int, x: np.ndarray, s: np.ndarray, ys: dict[int, np.ndarray], c: Pressure
 ) -> tuple[list[int], list[float]]:
-    wk, x = mix.workers[i], xs[i]
-    cols, vals = x.ravel().tolist(), (wk.ms * (1 + mix.device_slowdown()[i])).ravel().tolist()
-    s = _switch_vars(prog, x, min(budget, len(wk.groups) - 1))
+    """``latency_w`` under coefficients ``c`` as (columns, values)."""
+    wk = mix.workers[i]
+    cols, vals = x.ravel().tolist(), (wk.ms * (1 + mix.device_slowdown(c)[i])).ravel().tolist()
     cols += s.ravel().tolist()
     vals += [wk.switch_ms / 2] * s.size
-    if busy is not None:
-        more_cols, more_vals = _slowdown(prog, mix, i, x, busy)
-        cols += more_cols
-        vals += more_vals
+    duty, kappa = mix.duty(), mix.kernel_ms()
+    for v, y in ys.items():
+        other = mix.workers[v]
+        share = mix.share_at(c.coverage)[np.ix_(list(wk.parts), list(other.parts))]  # [p, q]
+        per_group = c.interference * wk.ms + c.blocking * kappa[v] * wk.launches[:, None]  # [g, p]
+        coef = duty[v] / mix.solo_ms[v] * per_group[:, :, None] * share[None, :, :]
+        keep = coef.ravel() != 0
+        cols += y.ravel()[keep].tolist()
+        vals += coef.ravel()[keep].tolist()
     return cols, vals
 
 
@@ -98,18 +117,16 @@ def _busy(prog: Program, mix: Mix, xs: list[np.ndarray]) -> np.ndarray:
     return busy
 
 
-def _slowdown(prog: Program, mix: Mix, i: int, x: np.ndarray, busy: np.ndarray) -> tuple[list[int], list[float]]:
-    """Latency terms of the slowdown ``sum t[g, p] x[g, p] alpha(p)``, linearised exactly.
+def _products(prog: Program, mix: Mix, i: int, x: np.ndarray, busy: np.ndarray) -> dict[int, np.ndarray]:
+    """Per other worker ``v``, the products ``y[g, p, q] = x[g, p] * busy_v[q]``, linearised exactly.
 
-    ``y[g, p, q] = x[g, p] * busy_v[q]`` for every other worker ``v``, bound by
-    the two products of the assignment equalities (RLT): ``sum_q y[g, p, q] =
-    W_v x[g, p]`` (v's work is all somewhere) and ``sum_p y[g, p, q] =
-    busy_v[q]`` (group g is on one partition). With ``y >= 0`` these imply
-    both McCormick bounds and make the relaxation far tighter than a big-M.
+    They are bound by the two products of the assignment equalities (RLT): ``sum_q
+    y[g, p, q] = W_v x[g, p]`` (v's work is all somewhere) and ``sum_p y[g, p, q] =
+    busy_v[q]`` (group g is on one partition). With ``y >= 0`` these imply both
+    McCormick bounds and make the relaxation far tighter than a big-M.
     """
     wk = mix.workers[i]
-    cols: list[int] = []
-    vals: list[float] = []
+    out = {}
     for v, other in enumerate(mix.workers):
         if v == i:
             continue
@@ -120,12 +137,8 @@ def _slowdown(prog: Program, mix: Mix, i: int, x: np.ndarray, busy: np.ndarray) 
                 prog.row([*y[g, j], x[g, j]], [*([1.0] * y.shape[2]), -total], 0.0, 0.0)
             for k, q in enumerate(other.parts):
                 prog.row([*y[g, :, k], busy[v, q]], [*([1.0] * y.shape[1]), -1.0], 0.0, 0.0)
-        share = mix.share[np.ix_(list(wk.parts), list(other.parts))]  # [p, q]
-        coef = mix.interference / mix.solo_ms[v] * wk.ms[:, :, None] * share[None, :, :]
-        keep = coef.ravel() != 0
-        cols += y.ravel()[keep].tolist()
-        vals += coef.ravel()[keep].tolist()
-    return cols, vals
+        out[v] = y
+    return out
 
 
 def _slo(prog: Program, cols: list[int], vals: list[float], slo_ms: float, elastic: bool) -> None:

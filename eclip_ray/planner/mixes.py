@@ -23,14 +23,21 @@ from eclip_ray.planner.profile import ModelProfile
 from eclip_ray.planner.settings import PlannerSettings
 
 
-def allowed(layout: Layout, slot: int) -> tuple[int, ...]:
-    """Indices of the layout partitions worker ``slot`` may use, by ascending SM count."""
+def allowed(layout: Layout, slot: int, names: Sequence[str] | None = None) -> tuple[int, ...]:
+    """Indices of the layout partitions worker ``slot`` may use (only ``names``, if given), by ascending SM count."""
     owners = {p.worker for p in layout.partitions if p.worker is not None}
     if owners and slot not in owners:
         raise PlanError(f"the layout has partitions for workers {sorted(owners)}, none for worker {slot}")
     if WHOLE not in layout.names:
         raise PlanError("the layout has no 'whole' partition; the planner keeps the whole GPU as an option")
-    idx = [i for i, p in enumerate(layout.partitions) if p.worker in (slot, None)]
+    unknown = sorted(set(names or ()) - set(layout.names))
+    if unknown:
+        raise PlanError(f"partitions {unknown} are not in the layout {layout.names}")
+    idx = [
+        i
+        for i, p in enumerate(layout.partitions)
+        if p.worker in (slot, None) and (names is None or p.name in names or p.name == WHOLE)
+    ]
     return tuple(sorted(idx, key=lambda i: (layout.partitions[i].count, i)))
 
 
@@ -43,10 +50,14 @@ def make_worker(
     slo_ms: float | None = None,
     settings: PlannerSettings | None = None,
     groups: Sequence[Group] | None = None,
+    partitions: Sequence[str] | None = None,
 ) -> Worker:
-    """Group ``profile``'s units (or take ``groups``) and cost every group on each partition ``slot`` may use."""
+    """Group ``profile``'s units (or take ``groups``) and cost every group on each partition ``slot`` may use.
+
+    ``partitions`` narrows those to the named ones (and the whole GPU, always allowed).
+    """
     s = settings or PlannerSettings()
-    parts = allowed(layout, slot)
+    parts = allowed(layout, slot, partitions)
     counts = [layout.partitions[i].count for i in parts]
     unit_ms = timing.unit_ms(profile, counts)
     distinct = sorted(set(counts))
@@ -55,6 +66,7 @@ def make_worker(
     if groups is None:
         groups = group_units(unit_ms[:, label_cols], distinct, cuts, s.max_groups, s.knee_tol)
     unit_work = timing.unit_work(profile)
+    unit_launches = timing.launches(profile)
     return Worker(
         name=name,
         profile=profile,
@@ -65,6 +77,8 @@ def make_worker(
         work=np.array([unit_work[g.first : g.stop].sum() for g in groups]),
         switch_ms=_switch_ms(profile, s.switch_ms),
         slo_ms=slo_ms,
+        kernels=np.array([unit_launches[g.first : g.stop].sum() for g in groups]),
+        kernel_ms=timing.kernel_ms(profile),
     )
 
 
@@ -83,11 +97,15 @@ def build_mix(
     power: PowerModel | None = None,
     power_note: str = "no power model given",
     settings: PlannerSettings | None = None,
+    rates_rps: Mapping[str, float | None] | None = None,
+    partitions: Mapping[str, Sequence[str]] | None = None,
 ) -> Mix:
     """Cost every model instance of ``profiles`` (instance name -> profile) on ``layout``.
 
     ``slots`` maps instance names to layout worker indices (default: the order of
     ``profiles``). ``slo_ms`` maps instance names to latency SLOs (missing: none).
+    ``rates_rps`` gives instances batches per second arriving (missing or None: a
+    closed loop); ``partitions`` narrows the partitions an instance may use.
     """
     if not profiles:
         raise PlanError("a mix needs at least one model")
@@ -96,11 +114,27 @@ def build_mix(
         raise PlanError(f"two model instances share a worker slot: {slots}")
     slo_ms = slo_ms or {}
     s = settings or PlannerSettings()
+    partitions = partitions or {}
     workers = tuple(
-        make_worker(name, prof, layout, slots[name], slo_ms=slo_ms.get(name), settings=s)
+        make_worker(
+            name, prof, layout, slots[name], slo_ms=slo_ms.get(name), settings=s, partitions=partitions.get(name)
+        )
         for name, prof in profiles.items()
     )
-    return Mix(layout, workers, s.interference, power, power_note if power is None else "", contention=s.contention)
+    rates = tuple((rates_rps or {}).get(n) for n in profiles) if rates_rps else ()
+    return Mix(
+        layout,
+        workers,
+        s.interference,
+        power,
+        power_note if power is None else "",
+        contention=s.contention,
+        blocking=s.blocking,
+        tail=s.tail,
+        rates_rps=rates,
+        queueing=s.queueing,
+        coverage=s.coverage,
+    )
 
 
 def instance_names(models: Sequence[str]) -> list[str]:

@@ -107,31 +107,34 @@ def optimize_mix(mix: Mix, objective: str = "throughput", settings: PlannerSetti
 
 def worker_plans(mix: Mix, state: State, p: Prediction) -> dict[str, WorkerPlan]:
     """The plans of ``state`` with per-stage SM ranges and predicted times."""
-    alpha = cost.received(mix, cost.work_on(mix, state))
+    work = cost.work_on(mix, state)
+    alpha, wait = cost.received(mix, work), cost.blocked(mix, work)
     out = {}
     for i, (w, choice) in enumerate(zip(mix.workers, state, strict=True)):
-        stages = _stages(mix, w, choice, alpha[i])
+        stages = _stages(mix, w, choice, alpha[i], wait[i])
         out[w.name] = WorkerPlan(w.name, w.model, w.batch_size, w.slot, w.plan(choice, mix.layout), stages)
     return out
 
 
-def _stages(mix: Mix, w: Worker, choice: tuple[int, ...], alpha: np.ndarray) -> tuple[Stage, ...]:
+def _stages(mix: Mix, w: Worker, choice: tuple[int, ...], alpha: np.ndarray, wait: np.ndarray) -> tuple[Stage, ...]:
     stages, first, clock = [], 0, 0.0
     for g in range(1, len(choice) + 1):
         if g < len(choice) and choice[g] == choice[first]:
             continue
-        stage = _stage(mix, w, choice[first], first, g, clock, alpha)
+        stage = _stage(mix, w, choice[first], first, g, clock, alpha, wait)
         stages.append(stage)
         clock = stage.start_ms + stage.ms + w.switch_ms
         first = g
     return tuple(stages)
 
 
-def _stage(mix: Mix, w: Worker, part: int, first: int, stop: int, clock: float, alpha: np.ndarray) -> Stage:
+def _stage(
+    mix: Mix, w: Worker, part: int, first: int, stop: int, clock: float, alpha: np.ndarray, wait: np.ndarray
+) -> Stage:
     spec = mix.layout.partitions[part]
     u0, u1 = w.groups[first].first, w.groups[stop - 1].stop
     units = w.profile.units[u0:u1]
-    ms = float(w.ms[first:stop, w.column(part)].sum() * (1 + alpha[part]))
+    ms = float(w.ms[first:stop, w.column(part)].sum() * (1 + alpha[part]) + w.launches[first:stop].sum() * wait[part])
     return Stage(
         partition=spec.name,
         sm_start=spec.start,

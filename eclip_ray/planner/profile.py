@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = 1
+# SM counts the profiler measures by default: down to Hopper's split step of 8, denser where time
+# changes fastest (few SMs); a count >= the device's SM count is the whole GPU.
+DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96, 132)
 
 
 @dataclass(frozen=True)

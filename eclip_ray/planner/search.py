@@ -40,8 +40,8 @@ class Candidate:
 
 
 def violation(mix: Mix, p: Prediction) -> float:
-    """The largest relative SLO excess of ``p`` (<= 0: every SLO holds; -1 without SLOs)."""
-    excess = [p.latency_ms[w.name] / w.slo_ms - 1 for w in mix.workers if w.slo_ms is not None]
+    """The largest relative SLO excess of ``p``'s predicted p99s (<= 0: every SLO holds; -1 without SLOs)."""
+    excess = [p.tail(w.name) / w.slo_ms - 1 for w in mix.workers if w.slo_ms is not None]
     return max(excess, default=-1.0)
 
 

@@ -7,6 +7,12 @@ goes idle or changes batch size the runtime only looks a plan up: every plan
 it can need is known at start-up and can be captured then, never on the
 request path. Each instance keeps its worker slot of the full mix in every
 sub-mix, because the pool's partitions do not move.
+
+Schema 2 adds what the GPU measured: per mix, its candidate set (``candidates.py``:
+the pool and every candidate's plans) and the measured selection at each load it was
+made for (``selection.py``: the trials, the choice and why), so that a restarted actor
+or a rerun benchmark adopts them without measuring again. Schema 1 files still load
+(with no measurements); tables are written as schema 2.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +32,22 @@ from eclip_ray.planner.power import PowerModel
 from eclip_ray.planner.profile import ModelProfile
 from eclip_ray.planner.settings import PlannerSettings
 
-SCHEMA = 1
+SCHEMA = 2
+READS = (1, 2)
 MixKey = frozenset[tuple[str, int]]
 
 
 def mix_key(active: Mapping[str, int]) -> MixKey:
     """The table key of an active set: model instance name -> batch size."""
     return frozenset((str(n), int(b)) for n, b in active.items())
+
+
+@dataclass
+class Measured:
+    """What the GPU measured for one mix: its candidate set, and a selection per load (key -> (rates, selection))."""
+
+    candidates: dict[str, Any]  # CandidateSet.to_dict()
+    selections: dict[str, tuple[dict[str, float | None], dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,12 +68,43 @@ class PlanTable:
         slots: Mapping[str, int],
         entries: Mapping[MixKey, Entry] | None = None,
         skipped: Mapping[MixKey, str] | None = None,
+        measured: Mapping[MixKey, Measured] | None = None,
     ) -> None:
         self.layout = layout  # Layout.to_dict() of the pool the plans name partitions of
         self.objective = objective
         self.slots = dict(slots)
         self.entries: dict[MixKey, Entry] = dict(entries or {})
         self.skipped: dict[MixKey, str] = dict(skipped or {})  # mixes with no plan, and why
+        self.measured: dict[MixKey, Measured] = dict(measured or {})
+
+    def candidate_set(self, active: Mapping[str, int]) -> dict[str, Any] | None:
+        """The candidate set (``CandidateSet.to_dict()``) measured for the mix ``active``, or None."""
+        m = self.measured.get(mix_key(active))
+        return None if m is None else m.candidates
+
+    def selections(self, active: Mapping[str, int]) -> dict[str, tuple[dict[str, float | None], dict[str, Any]]]:
+        """Load key -> (arrival rates, ``Selection.to_dict()``) measured for the mix ``active``."""
+        m = self.measured.get(mix_key(active))
+        return {} if m is None else dict(m.selections)
+
+    def record(
+        self,
+        active: Mapping[str, int],
+        candidates: dict[str, Any],
+        load: str | None = None,
+        rates: Mapping[str, float | None] | None = None,
+        selection: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep the candidate set of ``active`` and (with ``load``) the selection measured at that load.
+
+        A different candidate set for the mix replaces the old one and its selections, which
+        were measured on other candidates.
+        """
+        key = mix_key(active)
+        if key not in self.measured or self.measured[key].candidates != candidates:
+            self.measured[key] = Measured(candidates)
+        if load is not None and selection is not None:
+            self.measured[key].selections[load] = (dict(rates or {}), selection)
 
     def lookup(self, active: Mapping[str, int]) -> dict[str, Plan] | None:
         """Model instance name -> Plan for the active set (name -> batch size); None when not in the table."""
@@ -101,19 +147,33 @@ class PlanTable:
                 for key, e in sorted(self.entries.items(), key=lambda kv: sorted(kv[0]))
             ],
             "skipped": [{"mix": sorted([n, b] for n, b in key), "reason": r} for key, r in self.skipped.items()],
+            "measured": [
+                {
+                    "mix": sorted([n, b] for n, b in key),
+                    "candidates": m.candidates,
+                    "selections": [{"load": k, "rates_rps": r, "selection": v} for k, (r, v) in m.selections.items()],
+                }
+                for key, m in sorted(self.measured.items(), key=lambda kv: sorted(kv[0]))
+            ],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlanTable:
-        if data.get("schema") != SCHEMA:
-            raise PlanError(f"plan table schema {data.get('schema')!r}, this version reads schema {SCHEMA}")
+        if data.get("schema") not in READS:
+            raise PlanError(f"plan table schema {data.get('schema')!r}, this version reads schemas {READS}")
         key = lambda m: frozenset((str(n), int(b)) for n, b in m)  # noqa: E731
         entries = {
             key(e["mix"]): Entry({n: Plan.from_dict(p) for n, p in e["plans"].items()}, e["predicted"])
             for e in data["entries"]
         }
         skipped = {key(s["mix"]): s["reason"] for s in data.get("skipped", [])}
-        return cls(data["layout"], data["objective"], data["slots"], entries, skipped)
+        measured = {
+            key(m["mix"]): Measured(
+                m["candidates"], {s["load"]: (dict(s["rates_rps"]), s["selection"]) for s in m.get("selections", [])}
+            )
+            for m in data.get("measured", [])
+        }
+        return cls(data["layout"], data["objective"], data["slots"], entries, skipped, measured)
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (atomically)."""

@@ -58,6 +58,26 @@ def unit_work(profile: ModelProfile) -> np.ndarray:
     return (measured_ms(profile) * sizes[None, :]).min(axis=1)
 
 
+def launches(profile: ModelProfile) -> np.ndarray:
+    """Kernel launches of every unit, ``[units]`` (one where the profile lists no kernels)."""
+    return np.array([float(max(1, len(u.kernels))) for u in profile.units])
+
+
+def kernel_ms(profile: ModelProfile) -> float:
+    """The time-weighted mean duration of the model's kernels on the most SMs measured, ms.
+
+    ``sum d^2 / sum d``: how long the kernel lasts that a moment picked at random falls into, the
+    wait a co-located kernel meets when it finds these SMs held. Unit times stand in for kernels
+    where the profile lists none.
+    """
+    top = str(max(profile.sizes))
+    d = [float(k["ms"][top]) for u in profile.units for k in u.kernels if k.get("ms", {}).get(top) is not None]
+    if not d:
+        d = profile.unit_ms(max(profile.sizes))
+    total = sum(d)
+    return sum(x * x for x in d) / total if total > 0 else 0.0
+
+
 def model_ms(profile: ModelProfile, count: int) -> float:
     """Whole-model latency alone on ``count`` SMs (the calibrated total, interpolated)."""
     _check_range(profile, [count])

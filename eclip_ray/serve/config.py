@@ -190,6 +190,34 @@ class Limits(BaseModel):
     retry_after_s: int = Field(1, ge=0, description="Retry-After header (seconds) of 503 responses.")
 
 
+class AdaptivePlans(BaseModel):
+    """Plans chosen by measuring: candidates from profiles, a selection at start, a guard per batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profiles: str = Field(description="Profile set (benchmarks/profiles/<name>) or directory of the GPUs' card.")
+    latency_critical: list[str] | None = Field(
+        None, description="Models to protect from batch neighbours. None: the planner's rule (docs/optimizer.md)."
+    )
+    objective: Literal["throughput", "energy", "balanced"] = Field(
+        "throughput", description="What the choice maximises."
+    )
+    k: int = Field(8, ge=0, le=32, description="Candidates the cost model adds beyond the structured ones.")
+    trial_window_s: float = Field(0.5, gt=0, le=10, description="Measured window per candidate at start.")
+    budget_s: float = Field(10.0, gt=0, le=120, description="Most seconds one selection spends measuring.")
+    table: str | None = Field(
+        None, description="Plan table the measured selections are kept in (a restart then measures nothing)."
+    )
+    guard_hold_s: float = Field(3.0, gt=0, description="Calm time before the guard moves back after a breach.")
+
+    def for_actor(self, slo_ms: Mapping[str, float | None]) -> dict[str, Any]:
+        """The ``adaptive`` argument (``actor.selection.AdaptiveConfig`` fields) of the actor of ``slo_ms``' models."""
+        out = {**self.model_dump(), "slo_ms": dict(slo_ms)}
+        if self.latency_critical is not None:
+            out["latency_critical"] = [m for m in self.latency_critical if m in slo_ms]
+        return out
+
+
 class AppConfig(BaseModel):
     """An application: models co-located on ``gpus`` GPUs, each GPU run by one actor."""
 
@@ -202,6 +230,11 @@ class AppConfig(BaseModel):
     )
     plan_table: str | None = Field(
         None, description="Plan table (eclip_ray.planner) giving each active mix's plans; none: whole GPU."
+    )
+    adaptive_plans: AdaptivePlans | None = Field(
+        None,
+        description="Choose each GPU's plans by measuring its models' candidate plans at start and guarding them "
+        "per batch (docs/optimizer.md); takes precedence over plan_table for the models of a GPU that it covers.",
     )
     plan_active_window_s: float = Field(
         1.0, gt=0, description="A model counts as active in the mix if it ran a batch this recently."

@@ -208,3 +208,17 @@ def test_window_metrics_of_the_fake_agree_with_the_edge():
     w = FakeSession().window(Load("poisson", rates_rps=(100.0,)), warmup_s=0, window_s=1.0, only=["svc"])
     m = stats.window_metrics(w, {"svc": 3.0}, 99.0)
     assert m["slo_met"] and m["models"]["svc"]["late_unfinished"] == 0
+
+
+def test_the_runs_time_is_shared_by_weight_and_what_a_job_leaves_goes_on():
+    import time
+
+    from eclip_ray.bench.execute import Budget, left
+
+    b = Budget(time.time() + 100.0, 5.0)  # four jobs, eclip's weighing three... and one more
+    first = b.job()
+    assert left(first) == pytest.approx(20.0, abs=0.5)  # 1/5 of what is left
+    eclip = b.job(3.0)
+    assert left(eclip) == pytest.approx(75.0, abs=1.0)  # 3/4 of the rest: nothing was spent yet
+    assert left(b.job()) == pytest.approx(100.0, abs=1.0)  # the last job gets all that is left
+    assert Budget(None, 3).job() is None and left(None) == float("inf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from planner_fixtures import H100, POWER, write_profiles
@@ -132,7 +133,9 @@ def test_fit_corun_writes_what_plan_then_uses(profiles, tmp_path, capsys):
     assert main(["fit-corun", str(results), "--profiles", str(profiles), "--table", str(table)]) == 0
     assert table.read_text().count("\n| ") == 2 + 9  # header, rule, one row per observation
     out = capsys.readouterr().out
-    assert "interference 0.5, contention 0.3, power scale 0.4" in out
+    assert (
+        "interference 0.5, contention 0.3, blocking 0.0, coverage 1.0, power scale 0.4; tail (p99): not measured" in out
+    )
     fitted = json.loads((profiles / catalog.CORUN_FILE).read_text())
     assert fitted["interference"] == 0.5 and len(fitted["observations"]) == 9
     settings = catalog.fitted_settings(profiles)
@@ -149,3 +152,42 @@ def test_fit_corun_names_a_file_that_is_not_a_result(profiles, tmp_path, capsys)
     bad.write_text("{}")
     assert main(["fit-corun", str(bad), "--profiles", str(profiles)]) == 2
     assert "bad.json: neither a validation nor a bench result" in capsys.readouterr().err
+
+
+def test_blocking_coverage_tails_and_queueing_are_fitted_from_batched_neighbours(tmp_path):
+    """Co-runs shaped like benchmarks/corun_tails.py's, made by the cost model with known coefficients."""
+    from eclip_ray.partition.layout import arrange, union
+
+    made = [
+        synthetic.profile("svc", 16, seed=5, whole_ms=1.0, heavy=0.3),
+        synthetic.profile("svc2", 16, seed=6, whole_ms=0.6, heavy=0.2),
+        synthetic.profile("job", 12, batch_size=16, seed=7, whole_ms=5.0, heavy=0.9, kernels_per_unit=2),
+        synthetic.profile("job2", 10, batch_size=8, seed=8, whole_ms=3.0, heavy=0.8),
+    ]
+    profiles = write_profiles(tmp_path / "p", made, POWER)
+    pred = corun.Predictor(profiles)
+    truth = corun.Coefficients(0.4, 0.2, None, 0.3, corun.Pressure(0.8, 0.4, 0.9, 1.0, 2.0), 2.0)
+    parts = [*arrange(H100, [96]), *arrange(H100, [32, -1])]
+    lay = union(H100, parts)
+    whole = Plan.single("whole")
+    obs = []
+    for svc, job in (("svc", "job"), ("svc2", "job2"), ("svc", "job2")):
+        plans = {
+            "multi": (whole, whole),
+            "nested": (whole, Plan.single("s0.96")),
+            "disjoint": (Plan.single("s0.32"), Plan.single("s32.100")),
+            "inverted": (Plan.single("s0.96"), whole),
+        }
+        batch = pred.profile(job, 16 if job == "job" else 8).key.batch_size
+        for label, (p_svc, p_job) in plans.items():
+            for rate in (None, 300.0):
+                insts = (corun.Instance(svc, svc, 1, p_svc, rate), corun.Instance(job, job, batch, p_job))
+                o = corun.Observation(f"{svc}+{job}", label, lay, insts, False, {}, 0.0, None)
+                p = pred.predict(o, truth)
+                obs.append(replace(o, p50_ms=p.latency_ms, throughput=p.throughput, p99_ms=p.tail_ms))
+    report = corun.leave_one_mix_out(pred, obs)
+    m = report.medians()
+    assert m["median_abs_latency_error"] < 0.01 and m["median_abs_p99_error"] < 0.01
+    assert m["p99_pairs_ordered"] > 0.95 and report.coefficients.tail is not None
+    fitted = report.coefficients
+    assert (fitted.blocking, fitted.coverage) != (0.0, 1.0)  # the batched neighbours' terms are needed to fit

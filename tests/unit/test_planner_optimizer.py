@@ -70,15 +70,20 @@ def test_the_slo_constraint_holds_and_changes_the_plan():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_predicted_latencies_meet_their_slos(seed):
+    # Every SLO is reachable (between the model's best latency in the mix and the free plan's), and the
+    # tightest one binds: the free plan misses it, so the constrained plan must differ and still meet all.
     profs = random_mix(seed, 3, units=10)
-    loose = optimize(profs, layout(3)).predicted.latency_ms
-    slo = {n: 0.97 * ms for n, ms in loose.items()}
-    try:
-        result = optimize(profs, layout(3), slo)
-    except InfeasibleSLO as e:
-        assert e.best_ms > 0 and e.model in profs
-        return
+    free = optimize(profs, layout(3))
+    loose = free.predicted.latency_ms
+    best = {n: diagnosis.best_latency_ms(free.mix, i, 14) for i, n in enumerate(profs)}
+    tight = max(profs, key=lambda n: loose[n] / best[n])
+    assert loose[tight] > 1.05 * best[tight]  # room for a binding SLO in every seed
+    slo = {n: 1.5 * loose[n] for n in profs}
+    slo[tight] = (best[tight] + loose[tight]) / 2
+    result = optimize(profs, layout(3), slo)
     assert all(result.predicted.latency_ms[n] <= slo[n] * (1 + 1e-9) for n in profs)
+    assert result.predicted.latency_ms[tight] < loose[tight]
+    assert result.plans() != free.plans()
 
 
 def test_an_impossible_slo_names_the_model_and_its_best_latency():

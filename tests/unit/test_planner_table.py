@@ -56,7 +56,7 @@ def test_save_and_load_round_trip(table, tmp_path):
     assert back.entries == table.entries
     assert back.slots == table.slots and back.objective == table.objective and back.layout == table.layout
     assert back.matches(layout(3)) and not back.matches(layout(2))
-    assert json.loads(path.read_text())["schema"] == 1
+    assert json.loads(path.read_text())["schema"] == 2
 
 
 def test_captures_list_every_plan_and_batch_each_model_needs(table):
@@ -86,3 +86,20 @@ def test_infeasible_mixes_raise_or_are_recorded():
 def test_a_table_from_another_schema_is_refused():
     with pytest.raises(PlanError, match="schema"):
         PlanTable.from_dict({"schema": 99})
+
+
+def test_schema_1_tables_still_load_and_schema_2_keeps_what_was_measured(table, tmp_path):
+    old = table.to_dict()
+    old["schema"] = 1
+    del old["measured"]
+    back = PlanTable.from_dict(old)
+    assert back.entries == table.entries and back.measured == {}
+    assert back.candidate_set({"m0": 1}) is None and back.selections({"m0": 1}) == {}
+    cands = {"layout": table.layout, "batch": {"m0": 1, "m2": 1}, "candidates": []}
+    sel = {"chosen": "multi-stream", "reason": "why", "met": True, "trials": []}
+    back.record({"m0": 1, "m2": 1}, cands, "closed1", {"m0": None, "m2": None}, sel)
+    again = PlanTable.load(back.save(tmp_path / "t2.json"))
+    assert again.candidate_set({"m2": 1, "m0": 1}) == cands
+    assert again.selections({"m0": 1, "m2": 1}) == {"closed1": ({"m0": None, "m2": None}, sel)}
+    again.record({"m0": 1, "m2": 1}, {**cands, "batch": {"m0": 1, "m2": 2}})  # other candidates: selections go
+    assert again.selections({"m0": 1, "m2": 1}) == {}

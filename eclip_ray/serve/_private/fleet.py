@@ -57,6 +57,9 @@ class GpuFleet:
                 "active_window_s": cfg.plan_active_window_s,
                 "energy_window_s": cfg.energy_window_s,
                 "metrics": True,
+                "adaptive": None
+                if cfg.adaptive_plans is None
+                else cfg.adaptive_plans.for_actor({m: cfg.model(m).slo_ms for m in self.placement.gpus[gpu]}),
             }
             self.actors[gpu] = _start(worker, f"eclip_ray:{app}:gpu{gpu}", kwargs)
         for w in self.placement.warnings:

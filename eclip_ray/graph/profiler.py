@@ -1,5 +1,13 @@
 """The kernel-group profiler: each unit of a model, alone, on each partition size (GPU only).
 
+It lives with the GPU code: the planner reads the profiles it writes (``eclip_ray.planner.profile``)
+and never imports it, so planning needs no torch.
+
+Sizes go down to the hardware's step (8 SMs on Hopper; the CLI's default is
+``eclip_ray.planner.profile.DEFAULT_SIZES``), so pools can hold partitions that small and the
+planner can cost them: it interpolates between measured sizes and refuses sizes outside them
+(``planner/timing.py``).
+
 Per-kernel times come from CUPTI through ``torch.profiler``: every unit (the
 kernels between two consecutive leaf-module calls) runs inside a
 ``record_function`` range opened at its cut point, and the kernels under a
@@ -13,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -139,6 +148,18 @@ def profile_key(runtime_info: dict, model: str, batch: int, dtype: torch.dtype) 
     )
 
 
+def covers(path: Path, sizes: Sequence[int], sm_count: int) -> bool:
+    """Whether the profile at ``path`` already holds every size of ``sizes`` (made on a device of ``sm_count``)."""
+    from eclip_ray.planner.profile import load
+
+    try:
+        prof = load(path)
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable or of another schema: profile it again
+        return False
+    want = {min(s, sm_count) for s in sizes}
+    return prof.key.sm_count == sm_count and want <= set(prof.sizes)
+
+
 def run_profiles(
     models: Sequence[str],
     batch_sizes: Sequence[int],
@@ -146,19 +167,25 @@ def run_profiles(
     out_dir: str,
     repeats: int = 3,
     progress: bool = True,
+    budget_s: float | None = None,
 ) -> list[str]:
-    """Profile every (model, batch size) into ``out_dir``; files already there are kept (resumable)."""
-    from pathlib import Path
+    """Profile every (model, batch size) into ``out_dir``; a file there that holds every size is kept.
 
+    Resumable: each profile is written as soon as it is made, a file that lacks a size of ``sizes``
+    is made again, and with ``budget_s`` no profile starts after that many seconds (what is left is
+    printed, to run again).
+    """
     from tqdm import tqdm
 
-    from eclip_ray.models.zoo import canonical
+    from eclip_ray.models.names import canonical
     from eclip_ray.models.zoo import get as zoo_get
     from eclip_ray.runtime import Runtime
 
-    written = []
+    written, left = [], []
+    t0 = time.perf_counter()
     with Runtime(backend="cuda", layout=lambda g: profiling_layout(g, sizes)) as rt:
         info = rt.describe()
+        sm_count = rt.layout.geometry.sm_count
         bar = tqdm(total=len(models) * len(batch_sizes), disable=not progress, desc="profiling", unit="profile")
         for model in models:
             name = canonical(model)
@@ -166,11 +193,15 @@ def run_profiles(
             for batch in batch_sizes:
                 key = profile_key(info, name, batch, torch.float16)
                 bar.set_postfix_str(f"{name} bs{batch}")
-                if not (Path(out_dir) / key.filename()).exists():
+                if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                    left.append(f"{name} bs{batch}")
+                elif not covers(Path(out_dir) / key.filename(), sizes, sm_count):
                     runner = runner or rt.load(name, zoo_get(name))
                     written.append(str(profile_model(runner, batch, sizes, key, repeats=repeats).save(out_dir)))
                 bar.update()
             if runner is not None:
                 rt.runners.pop(name).close()
                 torch.cuda.empty_cache()
+    if left:
+        print(f"the {budget_s:.0f} s budget ran out; not profiled: {', '.join(left)} (run the command again)")
     return written
