@@ -70,18 +70,24 @@ class Runtime:
         model: ZooModel | str | None = None,
         dtype: torch.dtype | None = None,
         normalize: Sequence[Normalize | None] = (),
+        priority: int = 0,
     ) -> ModelRunner:
         """Build a zoo model (or ``model``) and place it on this device under ``name``; ``normalize`` (per input)
-        takes uint8 images for float inputs (``ModelRunner``)."""
+        takes uint8 images for float inputs (``ModelRunner``).
+
+        ``priority``: the CUDA stream priority of the runner's streams (lower is more urgent).
+        """
         if name in self.runners:
             raise ValueError(f"a model named {name!r} is already loaded")
         spec = model if isinstance(model, ZooModel) else zoo_get(model or name)
         if spec.kind == "onnx":  # onnxruntime runs it on the CPU backend, the converted module on a GPU
             from eclip_ray.graph.onnx_runner import runner_for
 
-            runner = runner_for(name, spec.meta["onnx"], self.pool, dtype=dtype, normalize=normalize)
+            runner = runner_for(name, spec.meta["onnx"], self.pool, dtype=dtype, normalize=normalize, priority=priority)
         else:
-            runner = ModelRunner(name, spec.build(), spec.make_inputs, self.pool, dtype=dtype, normalize=normalize)
+            runner = ModelRunner(
+                name, spec.build(), spec.make_inputs, self.pool, dtype=dtype, normalize=normalize, priority=priority
+            )
         self.runners[name] = runner
         return runner
 

@@ -3,7 +3,7 @@
 # as arguments, each under its own time limit, logging into $OUT/work; everything is packed
 # into $OUT/results.tgz at the end (the device tool returns at most 8 files).
 #   steps: tests bench demo power profile:<batch sizes>:<models...> validate[:<connections>:<mixes>]
-#          bench:<bench_h100.sh parts> corun
+#          bench:<bench_h100.sh parts> corun gpu_bench:<scripts/gpu_bench.sh steps, e.g. mps4,ab or c>
 # profile:1,8,16:resnet50,vgg19 profiles at 8..132 SMs into $W/profiles, starting none past PROFILE_LIMIT - 30 s;
 # corun measures co-run tails (benchmarks/corun_tails.py, ~90 s) into corun_tails.json.
 # validate:32:M1,M5 runs the cost-model validation of M1 and M5 with CUDA_DEVICE_MAX_CONNECTIONS=32
@@ -61,6 +61,11 @@ for s in "$@"; do
       mkdir -p "$W/bench"
       parts=${s#bench:}
       ( export OUT=$W/bench BUDGET_S=$left; step "bench_${parts//,/_}" "$left" bash scripts/bench_h100.sh ${parts//,/ } ) ;;
+    gpu_bench:*)  # issue 14's benchmark (scripts/gpu_bench.sh), within what is left of SESSION_S (default 570 s)
+      left=$(( ${SESSION_S:-570} - SECONDS ))
+      mkdir -p "$W/gpu_bench"
+      steps=${s#gpu_bench:}
+      ( export OUT=$W/gpu_bench BUDGET_S=$left; step "gpu_bench_${steps//,/_}" "$((left + 40))" bash scripts/gpu_bench.sh ${steps//,/ } ) ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -1,7 +1,12 @@
-"""Running the policies of one mix: in process, each on a stream pool of its own, or as MPS client processes.
+"""Running one policy of one mix: a session set up once, its regime-C windows and its regime-A/B searches.
 
 Every result is recorded (and the part file rewritten) as soon as it exists;
-a policy that fails records its error and the others still run.
+a policy that fails records its error and the others still run. Time is
+shared fairly: each job (a policy of a mix, or the alone searches of a mix)
+gets an equal share of what is left of the run's deadline when it starts, so
+time one job does not need goes to the later ones, and a job that cannot
+finish in its share stops searching and says so. eclip's jobs weigh three
+(``WEIGHTS``): it measures its candidates before every window.
 """
 
 from __future__ import annotations
@@ -9,215 +14,236 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from eclip_ray.bench import mps, packing, policies, results, stats
+from eclip_ray.bench import packing, policies, regimes, results, stats
 from eclip_ray.bench.config import BenchConfig
-from eclip_ray.bench.driver import Lane, Window, drive
+from eclip_ray.bench.driver import Window
 from eclip_ray.bench.load import Load
-from eclip_ray.energy import open_meter
-from eclip_ray.models.zoo import get as zoo_get
-from eclip_ray.runtime import Runtime
+from eclip_ray.bench.session import Session
 
-# Seconds a policy needs beyond its warm-up and window (capture; MPS: starting its processes).
-OVERHEAD_S = {"mps": 60.0}
-DEFAULT_OVERHEAD_S = 15.0
+# Seconds a policy needs to set up beyond its windows (models, capture; MPS: starting its processes).
+OVERHEAD_S = {"mps": 30.0, "mps-equal": 30.0}
+DEFAULT_OVERHEAD_S = 5.0
 
 
 @dataclass
-class MixRun:
-    """One mix at one batch-size setting, while it runs."""
+class Case:
+    """One mix at one batch-size setting and SLO factor, while it runs."""
 
     label: str
     models: tuple[str, ...]
     instances: list[str]
     batch: dict[str, int]
+    slo_factor: float
     inputs: policies.MixInputs
+    facts: regimes.MixFacts
     work: dict[str, float] | None  # SM-ms per inference, for packing efficiency
-    scenarios: dict[Load, dict[str, Any]]
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> scenario of the part file
+    loads: dict[str, Load] = field(default_factory=dict)  # regime C: scenario label -> load
+    regimes: dict[str, str] = field(default_factory=dict)  # regime A/B -> scenario label
+
+    def alone_needed(self) -> list[str]:
+        """Instances whose alone search some regime scenario still lacks."""
+        want = {n for r in self.regimes for n in self.facts.open_lanes(r)}
+        have = {n for r, lbl in self.regimes.items() for n in self.scenarios[lbl].get("alone", {})}
+        return [n for n in self.instances if n in want and n not in have]
+
+    def alone_rps(self, regime: str) -> dict[str, float | None]:
+        """Each instance's alone SLO-goodput (None: it met its SLO at no rate); absent where unknown."""
+        found = self.scenarios[self.regimes[regime]].get("alone", {})
+        return {n: a["rate_rps"] for n, a in found.items() if "rate_rps" in a}
 
 
-def record(mix: MixRun, load: Load, policy: str, result: dict, save: Callable[[], None]) -> None:
+# Shares of the run's time: eclip measures its candidates at every load level (its selection, up to
+# ``--eclip-selection-s`` per level) before each window, so its searches take about three times a static one's.
+WEIGHTS = {"eclip": 3.0}
+
+
+class Budget:
+    """The run's deadline, shared among the jobs still to run in proportion to their weights."""
+
+    def __init__(self, deadline: float | None, weight: float) -> None:
+        self.deadline, self.weight = deadline, max(1.0, weight)
+
+    def job(self, weight: float = 1.0) -> float | None:
+        """The deadline of a job of ``weight`` starting now: its share of what is left."""
+        if self.deadline is None:
+            return None
+        share = (self.deadline - time.time()) * min(1.0, weight / self.weight)
+        self.weight = max(1.0, self.weight - weight)
+        return time.time() + share
+
+
+def left(until: float | None) -> float:
+    return float("inf") if until is None else until - time.time()
+
+
+def split(until: float | None, parts: int) -> float | None:
+    """The end of the first of ``parts`` equal shares of the time until ``until``."""
+    return None if until is None else time.time() + left(until) / max(1, parts)
+
+
+def record(case: Case, label: str, policy: str, result: dict, save: Callable[[], None]) -> None:
     """Keep ``result`` in its scenario, rewrite the part file and print a line of progress."""
-    mix.scenarios[load]["policies"][policy] = result
+    case.scenarios[label]["policies"][policy] = result
     save()
-    print(_progress(mix, load, policy, result), file=sys.stderr, flush=True)
+    print(progress(case.label, label, policy, result), file=sys.stderr, flush=True)
 
 
-def _progress(mix: MixRun, load: Load, policy: str, r: dict) -> str:
-    head = f"{mix.label} {load.label()} {policy}:"
+def progress(mix: str, label: str, policy: str, r: dict) -> str:
+    head = f"{mix} {label} {policy}:"
     if r["status"] != "ok":
         return f"{head} {r['status']} ({r['reason']})"
     energy = f"{r['joules_per_inference']:.4f} J/inf" if r["joules_per_inference"] is not None else "energy n/a"
     p99 = ", ".join(f"{n} {v:.2f}" if v is not None else f"{n} n/a" for n, v in r["p99_ms"].items())
-    return f"{head} {r['throughput_rps']:.1f} inf/s, {energy}, p99 ms {p99}, SLO {'met' if r['slo_met'] else 'MISSED'}"
+    head += f" {r['throughput_rps']:.1f} inf/s, {energy}, p99 ms {p99}, SLO {'met' if r['slo_met'] else 'MISSED'}"
+    if "goodput_scale" in r:
+        best = r["goodput_scale"]
+        head += f"; SLO-goodput scale {best:.3g}" if best is not None else "; meets the SLO at no scale tried"
+    return head
 
 
-def _late(cfg: BenchConfig, policy: str) -> str:
-    """Why ``policy`` should not start now (the deadline would pass); empty when it may."""
-    if cfg.deadline is None:
-        return ""
-    need = cfg.warmup_s + cfg.window_s + OVERHEAD_S.get(policy, DEFAULT_OVERHEAD_S)
-    left = cfg.deadline - time.time()
-    return "" if left >= need else f"the run's deadline: {left:.0f} s left, about {need:.0f} s needed"
+def done(result: Mapping[str, Any] | None) -> bool:
+    """Whether a resumed run may keep ``result``: measured or skipped, and any search finished."""
+    if result is None or result.get("status") not in results.DONE:
+        return False
+    return result.get("search", {}).get("complete", True)
 
 
-def run_in_process(
-    cfg: BenchConfig,
-    backend: str,
-    mix: MixRun,
-    setups: Mapping[str, policies.Setup],
-    todo: list[tuple[Load, str]],
-    save: Callable[[], None],
-) -> None:
-    """Run the in-process ``todo`` (load, policy) pairs, each policy on a runtime and pool of its own.
-
-    A policy's pool holds only the partitions it uses, as its own deployment would: every
-    stream of a pool takes one of the device's hardware work queues, and streams of other
-    policies' partitions would crowd the queues of the one measured (``partition/cuda.py``).
-    """
-    for policy in dict.fromkeys(p for _, p in todo):
-        mine = [(load, p) for load, p in todo if p == policy]
-        layout = policies.policy_layout(mix.inputs, setups[policy])
-        try:
-            with Runtime(backend=backend, layout=layout) as rt:
-                runners = {n: rt.load(n, zoo_get(m)) for n, m in zip(mix.instances, mix.models, strict=True)}
-                inputs = {n: r.example_inputs(mix.batch[n]) for n, r in runners.items()}
-                meter = rt.meter if rt.meter.available else None
-                note = "" if meter else rt.meter.describe().get("reason", "no energy meter")
-                placement = _placement(rt, setups)
-                while mine:
-                    load, p = mine.pop(0)
-                    late = _late(cfg, p)
-                    if late:
-                        record(mix, load, p, results.not_measured("not-run", late, setups[p].describe()), save)
-                        continue
-                    result = _measure_in_process(cfg, mix, setups[p], load, runners, inputs, meter, note)
-                    if result["status"] == "ok":
-                        result["setup"]["pool"] = layout.to_dict()
-                        result["setup"]["work_queues"] = rt.describe().get("work_queues")
-                        if setups[p].partitions:
-                            result["setup"]["placement_overlap"] = placement.get("disjoint_overlap")
-                    record(mix, load, p, result, save)
-        except Exception as e:  # the runtime or a model failed to load: this policy's loads fail with it
-            traceback.print_exc()
-            for load, p in mine:
-                record(mix, load, p, results.not_measured("error", repr(e), setups[p].describe()), save)
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-
-def _placement(rt: Runtime, setups: Mapping[str, policies.Setup]) -> dict[str, Any]:
-    """The SMs each partition's kernels really ran on (``%smid`` probe), and the overlap of partitions
-    meant to be disjoint (Model-Wise's): placement is verified, not assumed (hardware-notes.md section 1)."""
-    if not rt.backend.partitions_sms:
-        return {"verified": False, "reason": f"the {rt.backend.name} backend does not partition SMs"}
-    try:
-        from eclip_ray.partition.placement import verify_pool
-
-        seen = {n: set(ids) for n, ids in verify_pool(rt.pool).items()}
-    except Exception as e:  # the benchmark still runs; the file says placement was not checked
-        traceback.print_exc()
-        return {"verified": False, "reason": repr(e)}
-    meant = [p.name for s in setups.values() for p in s.partitions if p.name in seen]
-    overlap = {f"{a}&{b}": len(seen[a] & seen[b]) for i, a in enumerate(meant) for b in meant[i + 1 :]}
-    return {"verified": True, "sm_ids": {n: sorted(v) for n, v in seen.items()}, "disjoint_overlap": overlap}
-
-
-def _measure_in_process(
-    cfg: BenchConfig,
-    mix: MixRun,
-    setup: policies.Setup,
-    load: Load,
-    runners: Mapping,
-    inputs: Mapping,
-    meter,
-    note: str,
-) -> dict:
-    try:
-        lanes = []
-        for i, name in enumerate(mix.instances):
-            runner, plan = runners[name], setup.plans[name]
-            if runner.on_gpu:
-                runner.capture(plan, mix.batch[name])
-            lanes.append(Lane(name, runner, plan, mix.batch[name], inputs[name], index=i))
-        w = drive(
-            lanes,
-            load,
-            warmup_s=cfg.warmup_s,
-            window_s=cfg.window_s,
-            serial=setup.serial,
-            meter=meter,
-            energy_note=note,
-            seed=cfg.seed,
-        )
-        return measured(setup, w, mix, cfg.slo_percentile)
-    except Exception as e:
-        traceback.print_exc()
-        return results.not_measured("error", repr(e), setup.describe())
-
-
-def run_mps(
-    cfg: BenchConfig, backend: str, mix: MixRun, setup: policies.Setup, load: Load, save: Callable[[], None]
-) -> None:
-    """Run the ``mps`` policy under ``load``: the daemon, one client process per instance, one window."""
-    late = _late(cfg, "mps")
-    if late:
-        record(mix, load, "mps", results.not_measured("not-run", late, setup.describe()), save)
-        return
-    specs = [
-        {
-            "instance": n,
-            "model": m,
-            "batch_size": mix.batch[n],
-            "index": i,
-            "backend": backend,
-            "load": load.to_dict(),
-            "seed": cfg.seed,
-        }
-        for i, (n, m) in enumerate(zip(mix.instances, mix.models, strict=True))
-    ]
-    try:
-        meter = open_meter(backend)
-        try:
-            with mps.MpsDaemon() as daemon:
-                w, info = mps.run_clients(
-                    specs,
-                    env=daemon.env,
-                    percent=setup.mps_percent,
-                    warmup_s=cfg.warmup_s,
-                    window_s=cfg.window_s,
-                    meter=meter,
-                    servers=daemon.servers,
-                )
-                log = daemon.log_tail()
-        finally:
-            meter.close()
-        if not info["servers"]:
-            raise RuntimeError(f"the clients ran without an MPS server (control.log: {log or 'empty'})")
-        result = measured(setup, w, mix, cfg.slo_percentile)
-        result["setup"]["mps"] = info
-    except Exception as e:
-        traceback.print_exc()
-        result = results.not_measured("error", repr(e), setup.describe())
-    record(mix, load, "mps", result, save)
-
-
-def measured(setup: policies.Setup, w: Window, mix: MixRun, percentile_pct: float) -> dict:
-    """The result of a measured window: metrics, packing efficiency, and the policy's set-up."""
-    m = stats.window_metrics(w, mix.inputs.slo_ms, percentile_pct)
+def measured(setup: policies.Setup, w: Window, case: Case, percentile_pct: float) -> dict:
+    """The result of a regime-C window: metrics, packing efficiency, and the policy's set-up."""
+    m = stats.window_metrics(w, case.inputs.slo_ms, percentile_pct, isolated_rps=case.facts.isolated_rps)
     if m["inferences"] == 0:
         raise RuntimeError(f"no request completed in the {w.seconds:.2f} s window")
     out: dict[str, Any] = {"status": "ok", "reason": "", **m, "setup": setup.describe()}
-    if mix.work is None:
-        out.update(packing_efficiency=None, sm_time_bound_rps=None, packing_note=mix.inputs.profile_note)
+    if case.work is None:
+        out.update(packing_efficiency=None, sm_time_bound_rps=None, packing_note=case.inputs.profile_note)
         return out
     rps = {n: v["throughput_rps"] for n, v in m["models"].items()}
-    eff, bound = packing.efficiency(mix.work, rps, mix.inputs.geometry.sm_count)
+    eff, bound = packing.efficiency(case.work, rps, case.inputs.geometry.sm_count)
     out.update(packing_efficiency=eff, sm_time_bound_rps=bound, packing_note="")
     return out
+
+
+def todo(case: Case, policy: str) -> list[str]:
+    """The scenario labels of ``case`` that still lack a result of ``policy``."""
+    return [lbl for lbl, sc in case.scenarios.items() if not done(sc["policies"].get(policy))]
+
+
+def not_run(case: Case, policy: str, labels: Sequence[str], status: str, reason: str, setup=None, save=None) -> None:
+    for lbl in labels:
+        record(case, lbl, policy, results.not_measured(status, reason, setup.describe() if setup else None), save)
+
+
+def run_policy(
+    cfg: BenchConfig,
+    case: Case,
+    setup: policies.Setup,
+    open_session: Callable[[], Session] | Session,
+    until: float | None,
+    save: Callable[[], None],
+) -> None:
+    """Every scenario of ``case`` that ``setup``'s policy still lacks, in one session, by ``until``.
+
+    ``open_session`` makes the session (closed at the end), or is one already open (left open).
+    """
+    labels = todo(case, setup.policy)
+    if not labels:
+        return
+    opened = not callable(open_session)
+    need = (0.0 if opened else OVERHEAD_S.get(setup.policy, DEFAULT_OVERHEAD_S)) + cfg.search.trial_s()
+    if left(until) < need:
+        reason = f"the run's deadline: {left(until):.0f} s left for this policy, about {need:.0f} s needed"
+        return not_run(case, setup.policy, labels, "not-run", reason, setup, save)
+    try:
+        session = open_session if opened else open_session()  # type: ignore[operator]
+    except Exception as e:  # the runtime or a model failed to load: this policy's scenarios fail with it
+        traceback.print_exc()
+        return not_run(case, setup.policy, labels, "error", repr(e), setup, save)
+    try:
+        _scenarios(cfg, case, setup, session, labels, until, save)
+    finally:
+        if not opened:
+            session.close()
+
+
+def _scenarios(cfg, case: Case, setup, session: Session, labels: list[str], until, save) -> None:
+    regime_of = {lbl: r for r, lbl in case.regimes.items()}
+    for i, lbl in enumerate(labels):
+        share = split(until, len(labels) - i)
+        try:
+            if lbl in regime_of:
+                result = _search(cfg, case, setup, session, regime_of[lbl], share)
+            elif left(share) < cfg.warmup_s + cfg.window_s:
+                result = results.not_measured("not-run", "the run's deadline", setup.describe())
+            else:
+                result = _closed_window(cfg, case, setup, session, case.loads[lbl])
+            if result["status"] == "ok":
+                result["setup"].update(session.describe())
+        except Exception as e:
+            traceback.print_exc()
+            result = results.not_measured("error", repr(e), setup.describe())
+        record(case, lbl, setup.policy, result, save)
+
+
+def _closed_window(cfg: BenchConfig, case: Case, setup, session: Session, load: Load) -> dict:
+    """Regime C: one window under ``load`` (an adaptive policy steers it after its trials at that load)."""
+    steer = regimes.Steerer(setup, session, case.facts, cfg.search, cfg.seed)
+    steering = steer(load, case.instances)
+    w = session.window(load, warmup_s=cfg.warmup_s, window_s=cfg.window_s, seed=cfg.seed, steering=steering)
+    result = measured(setup, w, case, cfg.slo_percentile)
+    if steering is not None:
+        result["selection_s"] = round(steer.selection_s, 3)
+        if hasattr(steering, "describe"):
+            result["steering"] = steering.describe()
+    return result
+
+
+def _search(cfg, case: Case, setup, session: Session, regime: str, until) -> dict:
+    why = case.facts.why_not(regime)
+    if why:
+        return results.not_measured("skipped", why, setup.describe())
+    hi, why = regimes.scale_bound(regime, case.facts, case.alone_rps(regime))
+    if not hi:
+        return results.not_measured("skipped", f"no load can meet the SLOs: {why}", setup.describe())
+    s = cfg.search
+    return regimes.goodput(
+        session,
+        setup,
+        regime,
+        case.facts,
+        hi,
+        s,
+        seed=cfg.seed,
+        budget=lambda: left(until) >= s.trial_s() + s.warmup_s + s.final_window_s,
+        final_budget=lambda: left(until) >= s.warmup_s + s.final_window_s,
+    )
+
+
+def run_alone(cfg: BenchConfig, case: Case, session: Session, until: float | None, save: Callable[[], None]) -> None:
+    """Each instance alone under its own arrivals, searched once and kept in every regime scenario of the case."""
+    names = case.alone_needed()
+    for i, name in enumerate(names):
+        share = split(until, len(names) - i)
+        try:
+            a = regimes.alone(
+                session,
+                name,
+                case.facts,
+                cfg.search,
+                seed=cfg.seed,
+                budget=lambda s=share: left(s) >= cfg.search.trial_s(),
+            )
+        except Exception as e:  # the regimes' brackets fall back to the isolated capacity
+            traceback.print_exc()
+            a = {"error": repr(e)}
+        for regime, lbl in case.regimes.items():
+            if name in case.facts.open_lanes(regime):
+                case.scenarios[lbl].setdefault("alone", {})[name] = a
+        save()
+        rate = a.get("rate_rps", "unknown")
+        text = f"{rate:.1f} req/s" if isinstance(rate, float) else "at no rate tried" if rate is None else "unknown"
+        print(f"{case.label} alone {name}: SLO-goodput {text}", file=sys.stderr, flush=True)

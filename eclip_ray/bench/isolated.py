@@ -3,12 +3,13 @@
 One request in flight, the model's whole-GPU CUDA graph, a warm-up and a
 window like the mix runs. The SLO of a model at a batch size is
 ``slo_factor`` times its isolated p99 there (3x by the convention of
-right-sizing work, eclip-paper.md).
+right-sizing work, `docs/eclip-paper.md`).
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +18,7 @@ from eclip_ray.bench.driver import Lane, drive
 from eclip_ray.bench.load import Load
 from eclip_ray.bench.machine import whole_only
 from eclip_ray.bench.policies import WHOLE_PLAN
+from eclip_ray.bench.session import ModuleCache
 from eclip_ray.bench.stats import percentile
 from eclip_ray.models.zoo import get as zoo_get
 from eclip_ray.partition import DeviceGeometry
@@ -35,8 +37,15 @@ def measure(
     warmup_s: float,
     window_s: float,
     seed: int = 0,
+    cache: ModuleCache | None = None,
 ) -> dict[str, dict[str, dict]]:
-    """Isolated latency of every ``(model, batch size)``: ``{model: {"bs<B>": {...}}}``."""
+    """Isolated latency of every ``(model, batch size)``: ``{model: {"bs<B>": {...}}}``.
+
+    A pair that fails (a model that does not load, or completes nothing) gets ``{"error": ...}``:
+    the mixes with it cannot run, the others can.
+
+    ``cache`` keeps the built modules for the run's sessions (a model is built once per run).
+    """
     wanted: dict[str, list[int]] = {}
     for model, batch in pairs:
         wanted.setdefault(model, [])
@@ -46,26 +55,35 @@ def measure(
     with Runtime(backend=backend, layout=whole_only(geometry)) as rt:
         note = "" if rt.meter.available else rt.meter.describe().get("reason", "")
         for model, batches in wanted.items():
-            runner = rt.load(model, zoo_get(model))
+            try:
+                runner = rt.load(model, cache.zoo(model, model) if cache is not None else zoo_get(model))
+            except Exception as e:  # this model's mixes fail with the reason; the others still run
+                traceback.print_exc()
+                out[model] = {key(b): {"error": f"loading {model}: {e!r}"} for b in batches}
+                continue
             for batch in sorted(batches):
-                if runner.on_gpu:
-                    runner.capture(WHOLE_PLAN, batch)
-                lane = Lane(model, runner, WHOLE_PLAN, batch, runner.example_inputs(batch))
-                w = drive(
-                    [lane],
-                    Load("closed", 1),
-                    warmup_s=warmup_s,
-                    window_s=window_s,
-                    seed=seed,
-                    meter=rt.meter if rt.meter.available else None,
-                    energy_note=note,
-                )
-                out.setdefault(model, {})[key(batch)] = _summary(w, model, batch)
+                try:
+                    out.setdefault(model, {})[key(batch)] = _one(
+                        rt, runner, model, batch, warmup_s, window_s, seed, note
+                    )
+                except Exception as e:
+                    traceback.print_exc()
+                    out.setdefault(model, {})[key(batch)] = {"error": repr(e)}
+                    continue
                 print(f"isolated {model} batch {batch}: p99 {out[model][key(batch)]['p99_ms']:.3f} ms", file=sys.stderr)
             rt.runners.pop(model).close()
             if runner.on_gpu:
                 torch.cuda.empty_cache()
     return out
+
+
+def _one(rt: Runtime, runner, model: str, batch: int, warmup_s: float, window_s: float, seed: int, note: str) -> dict:
+    if runner.on_gpu:
+        runner.capture(WHOLE_PLAN, batch)
+    lane = Lane(model, runner, WHOLE_PLAN, batch, runner.example_inputs(batch))
+    meter = rt.meter if rt.meter.available else None
+    w = drive([lane], Load("closed", 1), warmup_s=warmup_s, window_s=window_s, seed=seed, meter=meter, energy_note=note)
+    return _summary(w, model, batch)
 
 
 def _summary(w, model: str, batch: int) -> dict:

@@ -1,11 +1,14 @@
-"""One MPS client process of the ``mps`` policy: one model instance, driven like the in-process lanes.
+"""One MPS client process of the MPS policies: one model instance, driven like the in-process lanes.
 
 Started by :mod:`eclip_ray.bench.mps` with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``
-(and the daemon's pipe directory) in its environment. It speaks JSON lines:
-it reads its spec, loads and captures its model, writes ``{"ready": ...}``,
-reads ``{"start_wall": t}`` (a ``time.time()`` instant shared by every
-client and the parent's energy window), runs its load and writes
-``{"result": ...}``. Anything else the process prints goes to stderr.
+and ``CUDA_DEVICE_MAX_CONNECTIONS`` (and the daemon's pipe directory) in its
+environment. It speaks JSON lines: it reads its spec (model, batch size,
+backend), loads and captures its model, writes ``{"ready": ...}``, then serves
+windows until told to quit: each ``{"window": {"instance", "index", "load",
+"start_wall", "window_s", "seed"}}`` (``start_wall`` a ``time.time()`` instant
+shared by every client and the parent's energy window; until then it runs the
+load as warm-up) is answered with ``{"result": ...}``; ``{"quit": true}`` or the
+end of its input ends it. Anything else the process prints goes to stderr.
 """
 
 from __future__ import annotations
@@ -33,16 +36,31 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
     out.flush()
 
 
-def serve_one(spec: dict[str, Any], out: IO[str], commands: IO[str]) -> None:
+def _window(lane: Lane, cmd: dict[str, Any]) -> dict[str, Any]:
+    lane.name, lane.index = cmd["instance"], int(cmd["index"])  # the seed of its arrivals follows the mix
+    start_at = time.perf_counter() + (float(cmd["start_wall"]) - time.time())
+    w = drive(
+        [lane],
+        Load.from_dict(cmd["load"]),
+        warmup_s=0.0,
+        window_s=float(cmd["window_s"]),
+        seed=int(cmd["seed"]),
+        start_at=start_at,
+    )
+    return {"result": w.lanes[lane.name].to_dict(), "seconds": w.seconds, "loop_us": w.loop_us}
+
+
+def serve(spec: dict[str, Any], out: IO[str], commands: IO[str]) -> None:
     be = open_backend(spec["backend"])
     geometry = be.geometry()
     be.close()
     with Runtime(backend=spec["backend"], layout=whole_only(geometry)) as rt:
-        runner = rt.load(spec["instance"], zoo_get(spec["model"]))
+        model = spec["model"]
+        runner = rt.load(model, zoo_get(model))
         batch = int(spec["batch_size"])
         if runner.on_gpu:
             runner.capture(WHOLE_PLAN, batch)
-        lane = Lane(spec["instance"], runner, WHOLE_PLAN, batch, runner.example_inputs(batch), index=spec["index"])
+        lane = Lane(model, runner, WHOLE_PLAN, batch, runner.example_inputs(batch))
         seen_sms = torch.cuda.get_device_properties(0).multi_processor_count if runner.on_gpu else None
         _send(
             out,
@@ -51,19 +69,14 @@ def serve_one(spec: dict[str, Any], out: IO[str], commands: IO[str]) -> None:
                 "pid": os.getpid(),
                 "device_sm_count": seen_sms,
                 "active_thread_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+                "work_queues": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"),
             },
         )
-        go = json.loads(commands.readline())
-        start_at = time.perf_counter() + (float(go["start_wall"]) - time.time())
-        w = drive(
-            [lane],
-            Load.from_dict(spec["load"]),
-            warmup_s=0.0,
-            window_s=float(spec["window_s"]),
-            seed=int(spec["seed"]),
-            start_at=start_at,
-        )
-        _send(out, {"result": w.lanes[lane.name].to_dict(), "seconds": w.seconds, "loop_us": w.loop_us})
+        for line in commands:
+            cmd = json.loads(line)
+            if cmd.get("quit"):
+                return
+            _send(out, _window(lane, cmd["window"]))
 
 
 def main() -> int:
@@ -71,7 +84,7 @@ def main() -> int:
     os.dup2(2, 1)  # every other print (libraries, warnings) goes to stderr
     sys.stdout = sys.stderr
     try:
-        serve_one(json.loads(sys.stdin.readline()), out, sys.stdin)
+        serve(json.loads(sys.stdin.readline()), out, sys.stdin)
     except Exception as e:  # the parent reports it as the policy's error
         _send(out, {"error": repr(e), "traceback": traceback.format_exc()})
         return 1

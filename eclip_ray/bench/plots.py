@@ -1,5 +1,7 @@
-"""Plots like the paper's, per scenario: throughput and energy efficiency per mix normalised to the
-plain multi-stream baseline (ECLIP's Baseline), and latency CDFs per mix."""
+"""Plots per scenario. Regime C, like the paper's: throughput and energy efficiency per mix normalised to
+the plain multi-stream baseline (ECLIP's Baseline), and latency CDFs per mix. Regimes A and B: SLO
+attainment against the load scale (every window of every search, each model alone in black), and each
+policy's SLO-goodput per mix."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eclip_ray.bench.policies import POLICIES
-from eclip_ray.bench.report import scenarios
+from eclip_ray.bench.report import regime_of, scenarios
 
 REFERENCE = "multi-stream"
 STYLES = ("-", "--", ":", "-.")
@@ -47,7 +49,9 @@ def _normalised(summary: Mapping[str, Any], label: str, value) -> tuple[list[str
     return mixes, {p: v for p, v in bars.items() if any(x is not None for x in v)}
 
 
-def _bars(plt, mixes: list[str], bars: dict[str, list[float | None]], ylabel: str, title: str, path: Path) -> Path:
+def _bars(
+    plt, mixes: list[str], bars: dict[str, list[float | None]], ylabel: str, title: str, path: Path, reference=1.0
+) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(mixes) + 2), 3.6))
     width = 0.8 / max(1, len(bars))
     for i, (p, vals) in enumerate(bars.items()):
@@ -55,12 +59,13 @@ def _bars(plt, mixes: list[str], bars: dict[str, list[float | None]], ylabel: st
         drawn = ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=p)
         labels = [f"{v:.2f}" if v is not None else "n/a" for v in vals]
         ax.bar_label(drawn, labels, fontsize=5, rotation=90, padding=2)
-    ax.axhline(1.0, color="black", linewidth=0.8)
+    if reference is not None:
+        ax.axhline(reference, color="black", linewidth=0.8)
     ax.set_xticks(range(len(mixes)), mixes)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_title(title, fontsize=9, wrap=True)
+    ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -113,6 +118,80 @@ def _cdfs(plt, summary: Mapping[str, Any], label: str, path: Path) -> Path | Non
     return path
 
 
+def _colours(plt, names) -> dict[str, Any]:
+    ordered = [p for p in POLICIES if p in names] + sorted(p for p in names if p not in POLICIES)
+    return {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(ordered)}
+
+
+def _curve_panel(ax, sc: Mapping[str, Any], colours: Mapping[str, Any]) -> None:
+    lanes = list(sc["load"]["open"])
+    target = sc["settings"]["slo_percentile"]
+    for p, r in sc["policies"].items():
+        if r["status"] != "ok":
+            continue
+        trials = sorted(r["search"]["trials"], key=lambda t: t["scale"])
+        for k, n in enumerate(lanes):
+            xs = [t["scale"] for t in trials]
+            ys = [100 * t["slo_attainment"][n] for t in trials]
+            ax.plot(xs, ys, STYLES[k % len(STYLES)], marker=".", color=colours[p], linewidth=1)
+    for k, n in enumerate(lanes):  # each model alone, on its own rate axis turned into the mix's scale
+        trials = sorted(sc.get("alone", {}).get(n, {}).get("search", {}).get("trials", []), key=lambda t: t["scale"])
+        base = sc["load"]["base_rps"][n]
+        xs = [t["scale"] / base for t in trials]
+        ax.plot(xs, [100 * t["slo_attainment"][n] for t in trials], STYLES[k % len(STYLES)], color="black", lw=0.8)
+    ax.axhline(target, color="red", linewidth=0.7)
+    lo = ax.get_ylim()[0]
+    ax.set_ylim(max(lo, 0), 100.5)
+    ax.set_xlabel("load scale (x base rates)")
+    ax.set_ylabel("% of requests within the SLO")
+
+
+def _curves(plt, summary: Mapping[str, Any], label: str, path: Path) -> Path | None:
+    mixes = [(n, m["scenarios"][label]) for n, m in summary["mixes"].items() if label in m["scenarios"]]
+    mixes = [(n, sc) for n, sc in mixes if any(r["status"] == "ok" for r in sc["policies"].values())]
+    if not mixes:
+        return None
+    from matplotlib.lines import Line2D
+
+    colours = _colours(plt, {p for _, sc in mixes for p in sc["policies"]})
+    cols = min(2, len(mixes))
+    rows = -(-len(mixes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows + 0.9), squeeze=False)
+    for ax, (name, sc) in zip(axes.flat, mixes, strict=False):
+        _curve_panel(ax, sc, colours)
+        lanes = list(sc["load"]["open"])
+        ax.set_title(f"{name} (red: {sc['settings']['slo_percentile']:g}% target; black: alone)", fontsize=9)
+        styles = [Line2D([], [], color="grey", linestyle=STYLES[k % len(STYLES)]) for k in range(len(lanes))]
+        ax.legend(styles, lanes, fontsize=6, loc="lower left")
+    for ax in list(axes.flat)[len(mixes) :]:
+        ax.axis("off")
+    ran = [p for p in colours if any(sc["policies"].get(p, {}).get("status") == "ok" for _, sc in mixes)]
+    cols = min(3 if len(mixes) == 1 else 5, len(ran)) or 1
+    fig.legend([Line2D([], [], color=colours[p]) for p in ran], ran, loc="lower center", ncol=cols, fontsize=6)
+    fig.suptitle(f"SLO attainment against load, {label}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * -(-len(ran) // cols) / rows, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _goodput_bars(plt, summary: Mapping[str, Any], label: str, path: Path) -> Path | None:
+    mixes, bars = [], {}
+    for name, m in summary["mixes"].items():
+        sc = m["scenarios"].get(label)
+        if sc is None:
+            continue
+        mixes.append(name)
+        for p, r in sc["policies"].items():
+            if r["status"] == "ok":  # a policy that met the SLOs at no load tried gets a bar of 0
+                bars.setdefault(p, {})[name] = r.get("goodput_scale") or 0.0
+    if not mixes or not bars:
+        return None
+    ordered = {p: [bars[p].get(m) for m in mixes] for p in _colours(plt, bars)}
+    title = f"SLO-goodput: the largest load scale meeting every SLO (0: none), {label}"
+    return _bars(plt, mixes, ordered, "SLO-goodput (x base rates)", title, path, reference=None)
+
+
 def draw(summary: Mapping[str, Any], directory: str | Path) -> dict[str, list[Path]]:
     """Write every plot of ``summary`` into ``directory``; scenario label -> files written."""
     plt = _pyplot()
@@ -121,6 +200,15 @@ def draw(summary: Mapping[str, Any], directory: str | Path) -> dict[str, list[Pa
     out: dict[str, list[Path]] = {}
     for label in scenarios(summary):
         files = []
+        if regime_of(summary, label) != "C":
+            for made in (
+                _curves(plt, summary, label, directory / f"attainment_{slug(label)}.png"),
+                _goodput_bars(plt, summary, label, directory / f"goodput_{slug(label)}.png"),
+            ):
+                if made is not None:
+                    files.append(made)
+            out[label] = files
+            continue
         mixes, bars = _normalised(summary, label, lambda r: r["throughput_rps"])
         if mixes:
             title = f"throughput normalised to {REFERENCE}, {label}"

@@ -83,8 +83,11 @@ def runner_for(
     pool: StreamPool,
     dtype: torch.dtype | None = None,
     normalize: Sequence[Normalize | None] = (),
+    priority: int = 0,
 ) -> OrtRunner | ModelRunner:
-    """onnxruntime on the CPU backend; on a GPU, the converted module on the pool's partitions."""
+    """onnxruntime on the CPU backend (no streams: ``priority`` ignored); on a GPU, the converted module."""
     if pool.device.type == "cpu":
         return OrtRunner(name, model, pool, normalize=normalize)
-    return ModelRunner(name, model.to_module(), model.make_inputs, pool, dtype=dtype, normalize=normalize)
+    return ModelRunner(
+        name, model.to_module(), model.make_inputs, pool, dtype=dtype, normalize=normalize, priority=priority
+    )

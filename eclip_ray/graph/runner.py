@@ -97,7 +97,11 @@ class Pending:
 
 
 class ModelRunner:
-    """A model on a pool. ``name`` also keys the runner's private streams in the pool."""
+    """A model on a pool. ``name`` also keys the runner's private streams in the pool.
+
+    ``priority`` is the CUDA stream priority of all its streams (lower is more urgent; 0
+    the default): graphs keep the priority of the streams they were captured on.
+    """
 
     def __init__(
         self,
@@ -108,8 +112,10 @@ class ModelRunner:
         dtype: torch.dtype | None = None,
         warmup: int = 2,
         normalize: Sequence[Normalize | None] = (),
+        priority: int = 0,
     ) -> None:
         self.name = name
+        self.priority = priority  # of every stream the runner captures and replays on (lower: more urgent)
         self.pool = pool
         self.device = pool.device
         self.on_gpu = self.device.type == "cuda"
@@ -124,7 +130,7 @@ class ModelRunner:
         self._static: dict[int, tuple[torch.Tensor, ...]] = {}
         self._lock = threading.Lock()
         if self.on_gpu:
-            self.stream = pool.stream("whole", owner=name)
+            self.stream = pool.stream("whole", owner=name, priority=priority)
             self._mempool = torch.cuda.graph_pool_handle()
 
     # -- inputs and plans ---------------------------------------------------------------------
@@ -148,7 +154,7 @@ class ModelRunner:
         check_plan(self.name, self.calls, self.pool, plan)
 
     def _streams(self, plan: Plan) -> list[torch.cuda.Stream]:
-        return [self.pool.stream(p, owner=self.name) for p in plan.partitions]
+        return [self.pool.stream(p, owner=self.name, priority=self.priority) for p in plan.partitions]
 
     # -- eager execution (CPU backend, warm-up, reference) ------------------------------------
 

@@ -51,8 +51,17 @@ class PartitionBackend(ABC):
         """Create the stream for ``spec``; raises LayoutError or BackendError naming the SMs asked."""
 
     @abstractmethod
-    def new_stream(self, partition: Partition) -> torch.cuda.Stream | None:
-        """Another stream on the same SMs as ``partition`` (for a second model instance)."""
+    def new_stream(self, partition: Partition, priority: int = 0) -> torch.cuda.Stream | None:
+        """Another stream on the same SMs as ``partition`` (for a second model instance).
+
+        ``priority`` follows CUDA's convention (lower is more urgent, 0 the default) and is
+        clamped to the device's range (:meth:`priority_range`); a backend without stream
+        priorities accepts and ignores it (its ``describe()["stream_priorities"]`` says so).
+        """
+
+    def priority_range(self) -> tuple[int, int] | None:
+        """``(least, greatest)`` stream priority of the device (greatest is the most urgent); None: no priorities."""
+        return None
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

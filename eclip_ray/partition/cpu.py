@@ -34,8 +34,8 @@ class CpuBackend(PartitionBackend):
     def create(self, spec: PartitionSpec) -> Partition:
         return Partition(spec=spec, sm_count=spec.count, stream=None)
 
-    def new_stream(self, partition: Partition) -> None:
-        return None
+    def new_stream(self, partition: Partition, priority: int = 0) -> None:
+        return None  # no streams, so no priorities: requests run eagerly on the calling thread
 
     def context_fault(self) -> str | None:
         return None  # the host has no device context to lose
@@ -47,4 +47,5 @@ class CpuBackend(PartitionBackend):
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "nominal_sms": self._geometry.sm_count,
+            "stream_priorities": "ignored: the cpu backend has no streams",
         }

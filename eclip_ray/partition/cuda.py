@@ -109,6 +109,8 @@ class CudaGreenBackend(PartitionBackend):
         major = torch.cuda.get_device_capability(device_index)[0]
         min_sms, step = _SPLIT_RULES.get(major, _DEFAULT_RULE)
         self._geometry = DeviceGeometry(sm_count=int(self._full.sm.smCount), min_sms=min_sms, granularity=step)
+        # Stream priorities: lower is more urgent; the range is the primary context's (made current above).
+        self._priorities = tuple(int(v) for v in check(cu.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange"))
         self._bases: dict[int, Any] = {0: self._full}  # first slot -> SM resource starting there
         self._contexts: list[Any] = []
         self._streams: list[Any] = []
@@ -164,12 +166,26 @@ class CudaGreenBackend(PartitionBackend):
         part.create_ms = 1e3 * (time.perf_counter() - t0)
         return part
 
-    def new_stream(self, partition: Partition) -> torch.cuda.Stream:
+    def priority_range(self) -> tuple[int, int]:
+        return self._priorities  # type: ignore[return-value]
+
+    def _clamp(self, priority: int) -> int:
+        least, greatest = self._priorities
+        return max(greatest, min(least, int(priority)))
+
+    def new_stream(self, partition: Partition, priority: int = 0) -> torch.cuda.Stream:
+        """A stream on ``partition``'s SMs at ``priority`` (clamped to the device's range).
+
+        A CUDA graph keeps the priority of the streams it was captured on (torch instantiates
+        graphs with ``cudaGraphInstantiateFlagUseNodePriority``), so a runner captures on
+        streams of its own priority; replaying on a more urgent stream would change nothing.
+        """
+        priority = self._clamp(priority)
         if partition.context is None:  # the whole GPU: an ordinary stream
-            return torch.cuda.Stream(device=self.device())
+            return torch.cuda.Stream(device=self.device(), priority=priority)
         flags = self._cu.CUstream_flags.CU_STREAM_NON_BLOCKING
-        what = f"partition {partition.name!r} ({partition.sm_count} SMs)"
-        raw = check(self._cu.cuGreenCtxStreamCreate(partition.context, flags, 0), "cuGreenCtxStreamCreate", what)
+        what = f"partition {partition.name!r} ({partition.sm_count} SMs), priority {priority}"
+        raw = check(self._cu.cuGreenCtxStreamCreate(partition.context, flags, priority), "cuGreenCtxStreamCreate", what)
         self._streams.append(raw)
         return torch.cuda.ExternalStream(int(raw), device=self.device())
 
@@ -187,6 +203,7 @@ class CudaGreenBackend(PartitionBackend):
             "torch_cuda": torch.version.cuda,
             "cuda_bindings": cuda.bindings.__version__,
             "work_queues": self.work_queues,
+            "stream_priorities": {"least": self._priorities[0], "greatest": self._priorities[1]},
         }
 
     def free_memory_bytes(self) -> int | None:

@@ -31,7 +31,7 @@ class StreamPool:
         if WHOLE not in layout.names:
             specs.append(whole(layout.geometry))
         self._parts: dict[str, Partition] = {}
-        self._owned: dict[tuple[str, str], torch.cuda.Stream | None] = {}
+        self._owned: dict[tuple[str, str, int], torch.cuda.Stream | None] = {}
         try:
             for spec in specs:
                 self._parts[spec.name] = backend.create(spec)
@@ -66,19 +66,21 @@ class StreamPool:
     def sm_count(self, name: str) -> int:
         return self[name].sm_count
 
-    def stream(self, name: str, owner: str | None = None) -> torch.cuda.Stream | None:
+    def stream(self, name: str, owner: str | None = None, priority: int = 0) -> torch.cuda.Stream | None:
         """The stream of partition ``name``; with ``owner``, a stream of that partition private to the owner.
 
         Each model instance gets its own streams so that two models on the same
         partition (or both on the whole GPU) run concurrently, as in plain
-        multi-stream serving. Create them at start-up: this may call the driver.
+        multi-stream serving. ``priority`` (owners only; lower is more urgent) is
+        clamped to the device's range, and ignored by backends without priorities.
+        Create them at start-up: this may call the driver.
         """
         part = self[name]
         if owner is None:
             return part.stream
-        key = (name, owner)
+        key = (name, owner, priority)
         if key not in self._owned:
-            self._owned[key] = self.backend.new_stream(part)
+            self._owned[key] = self.backend.new_stream(part, priority)
         return self._owned[key]
 
     def report(self) -> dict[str, Any]:

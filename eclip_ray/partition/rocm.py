@@ -205,9 +205,10 @@ class RocmCuMaskBackend(PartitionBackend):
         stream = self._masked_stream(words, self._what(spec))
         return Partition(spec, spec.count, stream, 1e3 * (time.perf_counter() - t0), context=words)
 
-    def new_stream(self, partition: Partition) -> torch.cuda.Stream:
+    def new_stream(self, partition: Partition, priority: int = 0) -> torch.cuda.Stream:
         if partition.context is None:
-            return torch.cuda.Stream(device=self.device())
+            return torch.cuda.Stream(device=self.device(), priority=priority)
+        # hipExtStreamCreateWithCUMask takes no priority: CU-masked streams run at the default one.
         if partition.name not in self._first_owner_taken:
             self._first_owner_taken.add(partition.name)
             return partition.stream
@@ -230,6 +231,7 @@ class RocmCuMaskBackend(PartitionBackend):
             "torch": torch.__version__,
             "torch_hip": torch.version.hip,
             "hip_python": metadata.version("hip-python"),
+            "stream_priorities": "whole-GPU streams only; CU-masked streams ignore them",
         }
 
     def free_memory_bytes(self) -> int | None:

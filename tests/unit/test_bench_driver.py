@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from eclip_ray.bench.driver import Lane, _dispatch, _Serial, drive
+from eclip_ray.bench.driver import HISTORY, Lane, _dispatch, _Issuer, _Serial, drive
 from eclip_ray.bench.load import Load, lane_rng, poisson_arrivals
 from eclip_ray.energy.meter import EnergyMeter
 from eclip_ray.graph.plan import Plan
@@ -131,7 +131,8 @@ def test_time_share_issues_in_arrival_order_across_models():
     lanes = _lanes(log, 1.0, 1.0, 1.0)
     for lane, arrivals in zip(lanes, ([3.0, 5.0], [1.0], [2.0, 4.0]), strict=True):
         lane.backlog.extend(arrivals)
-    _dispatch(lanes, depth=2, serial=_Serial())
+        lane.depth = 2
+    _dispatch(lanes, _Issuer(_Serial(), None, None))
     assert [e[1] for e in log if e[0] == "submit"] == ["m1", "m2", "m0", "m2", "m0"]
     assert [e[0] for e in log] == ["submit"] + ["wait", "submit"] * 4
 
@@ -184,3 +185,90 @@ def test_unavailable_meter_is_not_read():
 def test_window_must_be_positive():
     with pytest.raises(ValueError):
         drive(_lanes([], 1.0), Load(), warmup_s=0.0, window_s=0.0)
+
+
+def test_mixed_load_runs_a_closed_batch_lane_beside_a_poisson_service():
+    log: list = []
+    lanes = _lanes(log, 0.5, 2.0, on_gpu=False)  # m0 the service, m1 the batch job
+    load = Load.mixed([300.0, None], inflight=1)
+    assert load.kind == "mixed" and load.closed(1) and not load.closed(0) and load.label() == "mixed300,c1"
+    w = drive(lanes, load, warmup_s=0.05, window_s=0.3, seed=2)
+    service, batch = w.lanes["m0"], w.lanes["m1"]
+    times = poisson_arrivals(300.0, 0.35, lane_rng(2, 0))
+    assert abs(service.arrivals - int(np.sum((times >= 0.05) & (times < 0.35)))) <= 2
+    # The batch lane never waits for arrivals: back to back, about window / 2 ms requests.
+    assert batch.requests >= 0.3 * 1e3 / 2.0 * 0.5 and batch.unserved == 0 and batch.unfinished_ms == []
+    assert lanes[1].runner.most_outstanding == 1
+
+
+def test_open_lanes_keep_the_ages_of_what_is_unfinished_at_the_end():
+    lanes = _lanes([], 10.0, on_gpu=False)
+    w = drive(lanes, Load("poisson", rates_rps=(400.0,), max_inflight=1), warmup_s=0.02, window_s=0.2, seed=3)
+    r = w.lanes["m0"]
+    # Over capacity: the backlog is still there at the end, and its oldest requests are old.
+    assert len(r.unfinished_ms) >= r.unserved > 0 and max(r.unfinished_ms) > 50.0
+    assert all(a >= 0 for a in r.unfinished_ms)
+
+
+class Recorder:
+    """A steering that sends m0 to partition A until it has seen 5 completions, then to B; counts its calls."""
+
+    period_s = 0.02
+
+    def __init__(self) -> None:
+        self.plans: list[tuple[str, int, Plan]] = []
+        self.looks: list[float] = []
+        self.a, self.b = Plan.single("A"), Plan.single("B")
+
+    def plan(self, lane, views):
+        v = views[lane]
+        assert v.name == lane and v.inflight >= 0 and v.completed >= len(v.recent)
+        chosen = self.b if views["m0"].completed >= 5 else self.a
+        self.plans.append((lane, v.completed, chosen))
+        return chosen
+
+    def observe(self, now, views):
+        assert set(views) == {"m0", "m1"} and len(views) == 2
+        self.looks.append(now)
+
+
+def test_a_steering_chooses_every_plan_and_observes_on_schedule():
+    submitted: list = []
+    lanes = _lanes([], 1.0, 1.0)
+    for lane in lanes:
+        plain = lane.runner.submit
+        lane.runner.submit = lambda inputs, plan, plain=plain, n=lane.name: (
+            submitted.append((n, plan)) or plain(inputs, plan)
+        )
+    steer = Recorder()
+    w = drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.2, steering=steer)
+    assert [(n, p) for n, _, p in steer.plans] == submitted  # one plan() call just before each submit
+    assert submitted[0][1] == steer.a and submitted[-1][1] == steer.b
+    gaps = np.diff(steer.looks)
+    assert 5 <= len(steer.looks) <= 0.22 / 0.02 + 2 and np.all(gaps >= 0.02 - 1e-6)
+    assert w.lanes["m0"].requests > 0
+
+
+def test_lane_history_is_bounded_and_each_window_starts_afresh():
+    lanes = _lanes([], 0.0, on_gpu=False)
+    drive(lanes, Load("closed", 1), warmup_s=0.0, window_s=0.1)
+    assert len(lanes[0].recent) == HISTORY and lanes[0].total_completed > HISTORY
+    t, ms = lanes[0].recent[-1]
+    assert t <= time.perf_counter() and ms >= 0
+    issued_before = lanes[0].runner.count
+    drive(lanes, Load("closed", 1), warmup_s=0.0, window_s=0.01)
+    # Counted from the new loop's start: no more completions than that loop issued, all of them newer.
+    assert 0 < lanes[0].total_completed <= lanes[0].runner.count - issued_before
+    assert lanes[0].recent[0][0] > t
+
+
+def test_a_window_the_loop_saw_open_late_is_still_a_whole_window():
+    class Blocking(FakeRunner):
+        def submit(self, inputs, plan):
+            if self.count == 0:
+                time.sleep(0.15)  # the first call holds the loop past warm-up and window together
+            return super().submit(inputs, plan)
+
+    lanes = [Lane("m0", Blocking("m0", 1.0, [], on_gpu=False), WHOLE, 1, ())]
+    w = drive(lanes, Load("closed", 1), warmup_s=0.02, window_s=0.05)
+    assert w.seconds >= 0.05 and w.lanes["m0"].requests > 0 and w.loop_us > 0

@@ -1,8 +1,9 @@
-"""The MPS policy's client processes and daemon control, without a GPU or an MPS daemon.
+"""The MPS policies' client processes and daemon control, without a GPU or an MPS daemon.
 
-The clients' protocol (spec, ready, one shared start instant, result) runs on
-the CPU backend; the daemon itself only exists on a GPU machine, where the
-harness starts and stops it (and reports the policy skipped elsewhere).
+The clients' protocol (spec, ready, then windows at one shared instant each,
+at any load, until quit) runs on the CPU backend; the daemon itself only
+exists on a GPU machine, where the harness starts and stops it (and reports
+the policies skipped elsewhere).
 """
 
 from __future__ import annotations
@@ -16,30 +17,50 @@ from eclip_ray.bench.load import Load
 from eclip_ray.errors import BackendError
 
 
-def test_clients_run_one_window_at_one_instant_with_their_share():
-    specs = [
-        {"instance": "cnn", "model": "tiny-cnn", "batch_size": 2, "index": 0, "backend": "cpu",
-         "load": Load("closed", 1).to_dict(), "seed": 0},
-        {"instance": "cnn-2", "model": "tiny-cnn", "batch_size": 1, "index": 1, "backend": "cpu",
-         "load": Load("poisson", rates_rps=(50.0,)).to_dict(), "seed": 0},
-    ]  # fmt: skip
-    w, info = mps.run_clients(
-        specs, env={"OMP_NUM_THREADS": "1"}, percent={"cnn": 30, "cnn-2": 70}, warmup_s=1.0, window_s=0.6, meter=None,
-        energy_note="cpu", servers=lambda: ["4242"],
-    )  # fmt: skip
-    assert set(w.lanes) == {"cnn", "cnn-2"}
-    assert w.lanes["cnn"].requests > 0 and w.lanes["cnn"].batch_size == 2
-    assert w.lanes["cnn-2"].arrivals > 0
-    assert w.energy is None and w.energy_note == "cpu" and w.seconds >= 0.6 * 0.9
-    shares = {n: c["active_thread_percentage"] for n, c in info["clients"].items()}
-    assert shares == {"cnn": "30", "cnn-2": "70"} and info["servers"] == ["4242"]
+@pytest.fixture(scope="module")
+def clients():
+    pool = mps.MpsClients("cpu", {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "32"})
+    yield pool
+    pool.close()
+
+
+def test_persistent_clients_serve_windows_at_several_loads_each_with_its_own_rate(clients):
+    keys = mps.client_keys({"cnn": "tiny-cnn", "cnn-2": "tiny-cnn"}, {"cnn": 2, "cnn-2": 1}, {"cnn": 30, "cnn-2": 70})
+    assert keys["cnn"] != keys["cnn-2"] and keys["cnn"].percent == 30
+    session = mps.MpsSession(clients, keys, None, "cpu", servers=lambda: ["4242"])
+    pids = {n: c.ready["pid"] for n, c in ((n, clients.live[k]) for n, k in keys.items())}
+    # The batch job in closed loop, the service at its own rate: one rate per instance, as in regime A.
+    first = session.window(Load.mixed([None, 50.0]), warmup_s=0.3, window_s=0.4)
+    second = session.window(Load("poisson", rates_rps=(80.0, 20.0)), warmup_s=0.2, window_s=0.4, seed=3)
+    assert set(first.lanes) == {"cnn", "cnn-2"} and first.lanes["cnn"].requests > 0
+    assert first.lanes["cnn"].batch_size == 2 and first.lanes["cnn-2"].arrivals > 0
+    assert second.lanes["cnn"].arrivals > second.lanes["cnn-2"].arrivals  # 80 against 20 requests/s
+    assert first.energy is None and first.energy_note == "cpu" and first.seconds >= 0.4 * 0.9
+    info = session.describe()
+    assert {n: c["pid"] for n, c in info["clients"].items()} == pids  # the same processes served both windows
+    assert {n: c["active_thread_percentage"] for n, c in info["clients"].items()} == {"cnn": "30", "cnn-2": "70"}
+    # Each client asks for few hardware work queues: under one MPS server they share one pool.
+    assert {c["work_queues"] for c in info["clients"].values()} == {str(mps.CLIENT_QUEUES)}
+    assert info["servers"] == ["4242"]
+    with pytest.raises(ValueError, match="no plans"):
+        session.window(Load(), warmup_s=0.1, window_s=0.1, plans={"cnn": None})
+
+
+def test_a_mix_reuses_the_clients_it_shares_with_another(clients):
+    keys = mps.client_keys({"cnn": "tiny-cnn"}, {"cnn": 2}, {"cnn": 30})
+    before = dict(clients.live)
+    session = mps.MpsSession(clients, keys, None, "cpu")
+    assert clients.live[keys["cnn"]] is before[keys["cnn"]] and session.startup_s < 1.0
 
 
 def test_a_failing_client_is_reported_with_its_error():
-    spec = {"instance": "x", "model": "no-such-model", "batch_size": 1, "index": 0, "backend": "cpu",
-            "load": Load().to_dict(), "seed": 0}  # fmt: skip
-    with pytest.raises(RuntimeError, match="no-such-model"):
-        mps.run_clients([spec], env={}, percent=None, warmup_s=0.1, window_s=0.1, meter=None)
+    pool = mps.MpsClients("cpu", {})
+    try:
+        with pytest.raises(RuntimeError, match="no-such-model"):
+            pool.ensure([mps.ClientKey("no-such-model", 1, None)])
+        assert not pool.live  # nothing half-started is kept
+    finally:
+        pool.close()
 
 
 def test_daemon_uses_private_directories_under_tmp_and_reports_start_failures(monkeypatch):

@@ -11,6 +11,7 @@ from bench_fixtures import SIZES, tiny_profile
 
 from eclip_ray.bench import mps, policies
 from eclip_ray.bench.policies import WHOLE_PLAN, MixInputs
+from eclip_ray.graph.plan import Plan
 from eclip_ray.partition.layout import DeviceGeometry
 from eclip_ray.planner import timing
 
@@ -84,8 +85,8 @@ def test_mps_shares_follow_model_wise_sizes_or_are_equal():
     s = policies.build("mps", mix)
     sizes = policies.right_sizes(mix)
     assert s.mps_percent == {n: math.ceil(100 * c / 132) for n, c in sizes.items()}
-    eq = policies.build("mps", _inputs(mps_share="equal"))
-    assert eq.mps_percent == {"cnn": 50, "bert": 50}
+    eq = policies.build("mps-equal", _inputs())
+    assert eq.mps_percent == {"cnn": 50, "bert": 50} and not eq.in_process and not s.in_process
 
 
 def _alternating(model: str) -> np.ndarray:
@@ -129,5 +130,71 @@ def test_eclip_measures_even_when_the_cost_model_says_no_plan_meets_the_slos():
 
 
 def test_unknown_policy():
-    with pytest.raises(ValueError, match="unknown policy"):
+    with pytest.raises(ValueError, match="unknown policies"):
         policies.build("fastest", _inputs())
+    with pytest.raises(ValueError, match="unknown policies"):
+        policies.check_names(["fixed:"])
+
+
+def _roles(**roles) -> MixInputs:
+    mix = _inputs()
+    return MixInputs(
+        mix.instances, mix.slo_ms, H100, mix.profiles, roles=roles, models={"cnn": "tiny-cnn", "bert": "tiny-bert"}
+    )
+
+
+def test_stream_priority_puts_the_latency_critical_models_first():
+    s = policies.build("stream-priority", _roles(cnn="latency", bert="batch"))
+    assert s.plans == {"cnn": WHOLE_PLAN, "bert": WHOLE_PLAN} and not s.serial
+    assert s.priorities["bert"] == 0 and s.priorities["cnn"] < 0  # lower is more urgent (CUDA's convention)
+    assert s.describe()["stream_priority_asked"] == s.priorities
+    # Without a batch job every stream would get the same priority: that is multi-stream, not a new policy.
+    assert "no batch job" in policies.build("stream-priority", _roles(cnn="latency", bert="latency")).skipped
+
+
+def test_a_fixed_plan_nests_a_model_on_the_whole_gpu_over_a_confined_one():
+    s = policies.build("fixed:cnn=whole,tiny-bert=112", _roles())
+    assert s.plans == {"cnn": WHOLE_PLAN, "bert": Plan.single("s0.112")} and not s.skipped
+    assert s.layout.names == ["s0.112", "whole"] and s.details["sms"] == {"cnn": "whole", "bert": 112}
+    assert policies.policy_layout(_roles(), s) is s.layout and not policies.is_baseline(s.policy)
+
+
+def test_a_fixed_plan_puts_confined_models_side_by_side():
+    s = policies.fixed(_roles(), "cnn=16,bert=-1")
+    assert s.plans == {"cnn": Plan.single("s0.16"), "bert": Plan.single("s16.116")}
+    parts = {p.name: p for p in s.layout.partitions}
+    assert parts["s0.16"].overlap(parts["s16.116"]) == 0 and parts["s16.116"].stop == 132
+    assert {p.name for p in s.partitions} == {"s0.16", "s16.116"}  # checked with the %smid probe on a GPU
+    assert policies.fixed(_roles(), "bert=64").plans["cnn"] == WHOLE_PLAN  # left out: the whole GPU
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("gpt=64", "names no instance"),
+        ("cnn=lots", "SM count"),
+        ("cnn=64,cnn=32", "twice"),
+        ("cnn=12", "steps of 8|multiple of 8"),
+    ],
+)
+def test_a_bad_fixed_plan_says_what_is_wrong(text, match):
+    with pytest.raises(ValueError, match=match):
+        policies.fixed(_roles(), text)
+
+
+def test_a_model_twice_must_be_named_by_instance_in_a_plan():
+    mix = MixInputs(("a", "a-2"), {"a": 1.0, "a-2": 1.0}, H100, models={"a": "tiny-cnn", "a-2": "tiny-cnn"})
+    with pytest.raises(ValueError, match="name the instance"):
+        policies.fixed(mix, "tiny-cnn=64")
+    assert policies.fixed(mix, "a-2=64").plans["a-2"] == Plan.single("s0.64")
+
+
+def test_runner_streams_take_the_priority_and_the_cpu_backend_ignores_it():
+    from eclip_ray.runtime import Runtime
+
+    with Runtime(backend="cpu", layout=policies.fixed(_roles(), "bert=64").layout) as rt:
+        runner = rt.load("cnn", "tiny-cnn", priority=-3)
+        assert runner.priority == -3 and rt.pool.stream("s0.64", owner="cnn", priority=-3) is None
+        assert "ignored" in rt.describe()["stream_priorities"]
+        out = runner.run(runner.example_inputs(2), WHOLE_PLAN)
+        assert out[0].shape[0] == 2

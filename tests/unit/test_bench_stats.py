@@ -95,3 +95,28 @@ def test_packing_efficiency_is_useful_sm_time_over_the_device():
     assert packing.bound_rps(work, {"a": 1, "b": 1}, 132) == pytest.approx(1000 * 132 / 25.0)
     with pytest.raises(ValueError):
         packing.bound_rps(work, {"a": 0, "b": 0}, 132)
+
+
+def test_requests_still_waiting_past_their_slo_count_as_misses():
+    assert stats.attainment([1.0] * 99, 2.0, unfinished_ms=[5.0, 1.0]) == pytest.approx(99 / 100)
+    assert stats.attainment([], 2.0, unfinished_ms=[3.0]) == 0.0
+    w = Window(1.0, {"a": LaneResult("a", 1, [1.0] * 100, 103, 1, [0.5, 9.0, 8.0])}, None, "n/a")
+    m = stats.window_metrics(w, {"a": 2.0}, 99.0)
+    assert m["slo_attainment"]["a"] == pytest.approx(100 / 102) and m["slo_met"] is False and m["unserved"] == 1
+
+
+def test_only_the_checked_models_must_meet_their_slo_and_throughput_is_normalised():
+    m = stats.window_metrics(
+        _window(None), {"a": 2.0, "b": 1.0}, 99.0, checked=["a"], isolated_rps={"a": 100, "b": 200}
+    )
+    assert m["slo_attainment"]["b"] == 0.0 and m["slo_met"] is True and m["slo_checked"] == ["a"]
+    assert m["normalised_throughput"] == pytest.approx(50 / 100 + 100 / 200)
+    assert stats.window_metrics(_window(None), {"a": 2.0, "b": 1.0}, 99.0)["normalised_throughput"] is None
+
+
+def test_an_open_lane_with_nothing_late_misses_nothing_a_starved_closed_one_everything():
+    quiet = LaneResult("a", 1, [], 1, 1, [0.2], closed=False)  # one request, just arrived
+    starved = LaneResult("b", 1, [], 0, 0, [], closed=True)
+    m = stats.window_metrics(Window(1.0, {"a": quiet, "b": starved}, None, "n/a"), {"a": 2.0, "b": 2.0}, 99.0)
+    assert m["slo_attainment"] == {"a": 1.0, "b": 0.0}
+    assert LaneResult.from_dict(quiet.to_dict()) == quiet

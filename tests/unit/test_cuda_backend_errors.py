@@ -71,3 +71,20 @@ def test_a_fresh_process_has_not_started_the_driver():
     code = "from eclip_ray.partition.cuda import _driver_started as s; print(s())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_green_streams_get_the_priority_asked_clamped_to_the_devices_range(monkeypatch):
+    calls = []
+    be = object.__new__(cuda_backend.CudaGreenBackend)
+    be._priorities = (0, -5)  # (least, greatest), as cuCtxGetStreamPriorityRange gives them
+    be._streams = []
+    be._cu = SimpleNamespace(
+        CUstream_flags=SimpleNamespace(CU_STREAM_NON_BLOCKING=1),
+        cuGreenCtxStreamCreate=lambda ctx, flags, prio: calls.append(prio) or (Err(0), 1234),
+    )
+    monkeypatch.setattr(cuda_backend.torch.cuda, "ExternalStream", lambda raw, device: ("stream", raw))
+    monkeypatch.setattr(be, "device", lambda: "cuda:0")
+    part = SimpleNamespace(context="ctx", name="s0.32", sm_count=32)
+    for asked in (-1, -1000, 7, 0):
+        assert be.new_stream(part, asked) == ("stream", 1234)
+    assert calls == [-1, -5, 0, 0] and be.priority_range() == (0, -5)
