@@ -111,7 +111,9 @@ class Target:
 
 
 def target_for(url: str, model: ModelConfig, rows: int = 1, seed: int = 0) -> Target:
-    """A binary KServe request of ``rows`` random rows for ``model`` (its inputs resolved)."""
+    """A binary KServe request of ``rows`` random rows for ``model`` (its inputs resolved), asking for binary outputs
+    as tritonclient does by default: JSON outputs would time the server's JSON encoding (BERT-base's 128 x 768
+    output as text added ~47 ms per request on the H200, benchmarks/results/h200/serve_path/README.md)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for t in model.inputs or ():
@@ -121,7 +123,7 @@ def target_for(url: str, model: ModelConfig, rows: int = 1, seed: int = 0) -> Ta
         else:  # zeros are valid token ids; bytes for images
             data = rng.integers(0, 256, shape) if t.datatype == "UINT8" else np.zeros(shape)
         arrays.append((t.name, data.astype(dtype)))
-    body, json_length = codec.encode_request(arrays)
+    body, json_length = codec.encode_request(arrays, binary_output=True)
     return Target(url, model.name, body, {codec.HEADER: str(json_length)}, model.slo_ms)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eclip_ray.actor.spec import BatchResult
-from eclip_ray.serve._private.batching import Batcher, BatchPolicy, ServiceTimes
+from eclip_ray.serve._private.batching import Batcher, BatchPolicy, Decision, ServiceTimes
 from eclip_ray.serve._private.errors import RequestError
 
 SIZES = (1, 2, 4, 8)
@@ -45,23 +45,29 @@ def test_a_request_that_does_not_fit_sends_the_others_now():
 
 def test_waits_for_the_timeout_then_sends():
     p = policy(wait_s=0.010)
-    d = p.decide(now=0.004, rows=[1, 2], oldest=0.0, estimate=zero)
+    d = p.decide(now=0.004, rows=[1, 2], oldest=0.0, estimate=zero, running=1)
     assert d.take == 0 and d.wait_s == pytest.approx(0.006)
-    assert p.decide(now=0.010, rows=[1, 2], oldest=0.0, estimate=zero).take == 2
+    assert p.decide(now=0.010, rows=[1, 2], oldest=0.0, estimate=zero, running=1).take == 2
+
+
+def test_an_idle_model_sends_at_once_and_a_busy_one_waits_for_company():
+    p = policy(wait_s=0.010)
+    assert p.decide(now=0.0, rows=[1], oldest=0.0, estimate=zero, running=0) == Decision(1, 0.0)
+    assert p.decide(now=0.0, rows=[1], oldest=0.0, estimate=zero, running=1).take == 0
 
 
 def test_the_slo_cuts_the_wait_short():
     p = policy(wait_s=0.050, slo_s=0.030)
     run_s = {4: 0.020}.get
-    d = p.decide(now=0.002, rows=[1, 2], oldest=0.0, estimate=lambda b: run_s(b, 0.0))
+    d = p.decide(now=0.002, rows=[1, 2], oldest=0.0, estimate=lambda b: run_s(b, 0.0), running=1)
     # 3 rows pad to 4, which runs 20 ms: the batch must leave by 30 - 20 = 10 ms, not at 50 ms.
     assert d.take == 0 and d.wait_s == pytest.approx(0.008)
-    assert p.decide(now=0.010, rows=[1, 2], oldest=0.0, estimate=lambda b: run_s(b, 0.0)).take == 2
+    assert p.decide(now=0.010, rows=[1, 2], oldest=0.0, estimate=lambda b: run_s(b, 0.0), running=1).take == 2
 
 
 def test_a_request_already_late_goes_at_once():
     p = policy(wait_s=0.050, slo_s=0.010)
-    assert p.decide(now=0.0, rows=[1], oldest=0.0, estimate=lambda b: 0.020).take == 1
+    assert p.decide(now=0.0, rows=[1], oldest=0.0, estimate=lambda b: 0.020, running=1).take == 1
 
 
 def test_bucket_pads_to_the_captured_size():
@@ -120,26 +126,31 @@ async def test_concurrent_requests_share_one_batch_and_get_their_own_rows():
 
 @sync
 async def test_a_busy_actor_lets_the_next_batch_grow():
-    actor = FakeActor(delay_s=0.05)
+    actor = HeldActor()
     b = Batcher(policy(wait_s=0.0), actor.run, max_queue=16, max_inflight=1)
     first = asyncio.ensure_future(b.submit(rows(1, 0), 1))
-    await asyncio.sleep(0.01)  # the first batch is running
+    await _settle()  # an idle model sends its first request alone, at once
     rest = [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in range(1, 6)]
+    await _settle()
+    assert actor.batches == [1] and b.queued == 5
+    actor.release.set()
     await asyncio.gather(first, *rest)
     assert actor.batches == [1, 5]
 
 
 @sync
 async def test_a_full_queue_is_refused_with_retry_after():
-    actor = FakeActor(delay_s=0.2)
+    actor = HeldActor()
     b = Batcher(policy(wait_s=0.0, max_batch=1), actor.run, max_queue=2, max_inflight=1, retry_after_s=3)
     running = [asyncio.ensure_future(b.submit(rows(1, 0), 1))]
-    await asyncio.sleep(0.02)  # the first is running
+    await _settle()  # the first is running
     running += [asyncio.ensure_future(b.submit(rows(1, i), 1)) for i in (1, 2)]
-    await asyncio.sleep(0.02)  # two are queued
+    await _settle()
+    assert b.queued == 2
     with pytest.raises(RequestError) as e:
         await b.submit(rows(1, 9), 1)
     assert e.value.failure.status == 503 and e.value.failure.retry_after_s == 3
+    actor.release.set()
     await asyncio.gather(*running)
 
 
@@ -154,14 +165,19 @@ async def test_a_failed_batch_fails_each_of_its_requests():
 
 @sync
 async def test_a_cancelled_request_leaves_the_queue():
-    actor = FakeActor()
-    b = Batcher(policy(wait_s=0.1), actor.run, max_queue=16, max_inflight=2)
-    gone = asyncio.ensure_future(b.submit(rows(1, 0), 1))
-    kept = asyncio.ensure_future(b.submit(rows(1, 1), 1))
-    await asyncio.sleep(0.01)
+    actor = HeldActor()
+    b = Batcher(policy(wait_s=0.0), actor.run, max_queue=16, max_inflight=1)
+    first = asyncio.ensure_future(b.submit(rows(1, 0), 1))
+    await _settle()  # running: the next two queue behind it
+    gone = asyncio.ensure_future(b.submit(rows(1, 1), 1))
+    kept = asyncio.ensure_future(b.submit(rows(1, 2), 1))
+    await _settle()
+    assert b.queued == 2
     gone.cancel()
+    actor.release.set()
+    await first
     got = await kept
-    assert actor.batches == [1] and got.outputs[0][0, 0] == 2.0
+    assert actor.batches == [1, 1] and got.outputs[0][0, 0] == 2.0
 
 
 # -- admission: refuse at once what cannot be served in time --------------------------------------------

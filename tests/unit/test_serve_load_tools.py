@@ -79,3 +79,14 @@ def test_the_client_outwaits_the_proxy_unless_told():
     assert serve_load.client_timeout_s(config, None) == 30.0
     assert serve_load.client_timeout_s(config, 3.0) == 3.0
     assert serve_soak.parse_args([]).timeout_s is None and serve_load.parse_args(["--timeout-s", "7"]).timeout_s == 7
+
+
+def test_the_load_requests_ask_for_binary_outputs():
+    from eclip_ray.actor.spec import ModelConfig, TensorSpec
+    from eclip_ray.serve._private import codec
+
+    model = ModelConfig(name="m", inputs=(TensorSpec(name="ids", datatype="INT64", shape=(4,)),))
+    target = serve_load.target_for("http://x", model, rows=2)
+    request = codec.decode_request(target.body, codec.header_length(target.headers[codec.HEADER]))
+    assert request.binary_output is True
+    assert codec.binary_choice(request, ["out"]) == {"out": True}

@@ -1,7 +1,9 @@
 """Dynamic batching of one model's requests, aware of its latency SLO.
 
 ``BatchPolicy.decide`` is the whole policy, a pure function of the queue: send
-the requests at the head of the queue now when the batch is full (or the next
+the requests at the head of the queue now when none of the model's batches is
+running (an idle model does not wait for company: the requests that arrive
+while a batch runs form the next one), when the batch is full (or the next
 request would not fit), when the oldest has waited ``batch_wait_timeout_s``,
 or when waiting longer would lose the oldest request's SLO given the expected
 run time of the batch; otherwise sleep until the earliest of those moments.
@@ -64,15 +66,23 @@ class BatchPolicy:
         i = bisect.bisect_left(self.sizes, rows)
         return self.sizes[min(i, len(self.sizes) - 1)]
 
-    def decide(self, now: float, rows: Sequence[int], oldest: float, estimate: Callable[[int], float]) -> Decision:
+    def decide(
+        self,
+        now: float,
+        rows: Sequence[int],
+        oldest: float,
+        estimate: Callable[[int], float],
+        running: int = 0,
+    ) -> Decision:
         """``rows``: rows of each queued request, oldest first; ``oldest``: its arrival time (s);
-        ``estimate(bucket)``: expected seconds from sending a batch of that padded size to its result."""
+        ``estimate(bucket)``: expected seconds from sending a batch of that padded size to its result;
+        ``running``: the model's batches sent and not yet answered (0: the model is idle, send at once)."""
         take, total = 0, 0
         for r in rows:
             if total + r > self.max_batch_size:
                 break
             take, total = take + 1, total + r
-        if take < len(rows) or total >= self.max_batch_size:
+        if take < len(rows) or total >= self.max_batch_size or running == 0:
             return Decision(take, 0.0)
         latest = oldest + self.batch_wait_timeout_s
         if self.slo_s is not None:
@@ -225,7 +235,7 @@ class Batcher:
             if self._refuse_stale(now):
                 continue
             decision = self.policy.decide(
-                now, [w.rows for w in self._queue], self._queue[0].arrival, self.times.estimate
+                now, [w.rows for w in self._queue], self._queue[0].arrival, self.times.estimate, self._inflight
             )
             if decision.take:
                 batch = [self._queue.popleft() for _ in range(decision.take)]
