@@ -5,8 +5,8 @@ cloudpickled (``eclip_ray/actor/source.py``), and whose input and output specs a
 where they are not given:
 
 * inputs: one per tensor of the example (a tensor, a tuple or a list takes the names of ``forward``'s parameters,
-  else ``input`` or ``input0``, ``input1``, ...; a dict names them itself and is put in ``forward``'s order), with the KServe datatype of its dtype
-  and its shape without the first axis, the example's batch;
+  else ``input`` or ``input0``, ``input1``, ...; a dict names them itself and is put in ``forward``'s order),
+  with the KServe datatype of its dtype and its shape without the first axis, the example's batch;
 * outputs: the module is built here, on the CPU, under the GPU actor's seed (``eclip_ray/actor/loader.py``), and
   run once on the example: ``output0``, ``output1``, ... with their datatypes and per-row shapes.
 
