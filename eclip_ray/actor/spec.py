@@ -188,10 +188,6 @@ class ModelConfig:
     """A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...), a 'module:factory' import path of a function
     returning an nn.Module (the module must be under the app's allowed_modules), or 'onnx:<path>' of a .onnx file
     under the app's allowed_model_dirs. Default: the model's name, from the zoo (or ``source``)."""
-    source: ModelSource | None = None
-    """A model given in Python code (``eclip_ray.serve.model``, ``eclip_ray/serve/declare.py``): an nn.Module class,
-    factory or instance, cloudpickled (``eclip_ray/actor/source.py``) and built in the GPU actor. Never set from a
-    file: a string is refused; shown as ``python:<kind>:<label>`` in dumps."""
     inputs: tuple[TensorSpec, ...] | None = None
     """Input tensors. Default for zoo models: the zoo's; for ONNX files: the graph's (declare them to fix symbolic
     dimensions, or to take UINT8 images); required for import-path loaders."""
@@ -222,6 +218,10 @@ class ModelConfig:
     """Predicted requests per second, for placing models on GPUs (needs a profile)."""
     profile: str | None = None
     """Path of this model's planner profile (JSON), for placement by predicted load."""
+    source: ModelSource | None = None  # last: the fields before it keep their positions
+    """A model given in Python code (``eclip_ray.serve.model``, ``eclip_ray/serve/declare.py``): an nn.Module class,
+    factory or instance, cloudpickled (``eclip_ray/actor/source.py``) and built in the GPU actor. Never set from a
+    file: a string is refused; shown as ``python:<kind>:<label>`` in dumps."""
 
     def __post_init__(self) -> None:
         _check(bool(MODEL_NAME.match(self.name)), f"model name {self.name!r} must match {MODEL_NAME.pattern}")

@@ -91,15 +91,16 @@ def test_the_object_is_pickled_at_declaration():
     assert not torch.equal(m.source.build().weight, instance.weight)
 
 
+def _ins(*specs):
+    return {"inputs": [{"name": n, "datatype": d, "shape": [k]} for n, d, k in specs]}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [5]}, {"name": "ids", "datatype": "INT64", "shape": [5]}]},
-         ["'TwoIn'", "input 'x'", "[5]", "[4]"]),
-        ({"inputs": [{"name": "x", "datatype": "FP16", "shape": [4]}, {"name": "ids", "datatype": "INT64", "shape": [5]}]},
-         ["'TwoIn'", "input 'x'", "FP16", "FP32"]),
-        ({"inputs": [{"name": "ids", "datatype": "INT64", "shape": [5]}, {"name": "x", "datatype": "FP32", "shape": [4]}]},
-         ["'TwoIn'", "input 'ids'", "'x'"]),
+        (_ins(("x", "FP32", 5), ("ids", "INT64", 5)), ["'TwoIn'", "input 'x'", "[5]", "[4]"]),
+        (_ins(("x", "FP16", 4), ("ids", "INT64", 5)), ["'TwoIn'", "input 'x'", "FP16", "FP32"]),
+        (_ins(("ids", "INT64", 5), ("x", "FP32", 4)), ["'TwoIn'", "input 'ids'", "'x'"]),
         ({"outputs": [{"name": "scores", "datatype": "FP32", "shape": [7]}, {"name": "n", "datatype": "INT64"}]},
          ["'TwoIn'", "output 'scores'", "[7]", "[3]"]),
         ({"outputs": [{"name": "scores", "datatype": "FP32"}]}, ["'TwoIn'", "['scores']", "2 tensors"]),
