@@ -220,7 +220,7 @@ class ModelConfig:
     """Path of this model's planner profile (JSON), for placement by predicted load."""
     source: ModelSource | None = None  # last: the fields before it keep their positions
     """A model given in Python code (``eclip_ray.serve.model``, ``eclip_ray/serve/declare.py``): an nn.Module class,
-    factory or instance, cloudpickled (``eclip_ray/actor/source.py``) and built in the GPU actor. Never set from a
+    factory or instance, serialised (``eclip_ray/actor/source.py``) and built in the GPU actor. Never set from a
     file: a string is refused; shown as ``python:<kind>:<label>`` in dumps."""
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Declaring a served model in Python: an ``nn.Module`` (class, factory or instance) and an example input.
 
 :func:`model` returns a :class:`ModelConfig` (``eclip_ray/actor/spec.py``) whose ``source`` is the object,
-cloudpickled (``eclip_ray/actor/source.py``), and whose input and output specs are inferred from ``example``
+serialised by value (``eclip_ray/actor/source.py``), and whose input and output specs are inferred from ``example``
 where they are not given:
 
 * inputs: one per tensor of the example (a tensor, a tuple or a list takes the names of ``forward``'s parameters,
@@ -228,7 +228,7 @@ def _run(module: Any, tensors: list[Any], model: str, label: str) -> tuple:
 
     device = next(iter([*module.parameters(), *module.buffers()]), torch.empty(0)).device
     training = module.training
-    module.eval()
+    module.train(False)
     try:
         with torch.no_grad():
             out = module(*(t.to(device) for t in tensors))
