@@ -3,8 +3,10 @@
 A loader is a zoo name, a ``module:factory`` import path or ``onnx:<path>``
 (``eclip_ray/models/sources.py`` says which and checks it against
 ``allowed_modules`` and ``allowed_model_dirs``, here again whatever the config
-said). Weights are built under a fixed seed so that replicas of a random-weight
-model on several GPUs answer alike. The entry describes the model as built: an
+said). A model given in Python has a ``source`` instead (``eclip_ray/actor/source.py``):
+an object handed over in code, not a string, so no allowlist applies; its class or
+factory is called here, in the GPU actor. Weights are built under a fixed seed so
+that replicas of a random-weight model on several GPUs answer alike. The entry describes the model as built: an
 input that arrives as UINT8 with ``normalize`` is still the model's float input
 here; the runner normalises it on the device (``eclip_ray/graph/runner.py``).
 """
@@ -25,10 +27,12 @@ __all__ = [
     "SEED",
     "check_allowed",
     "check_onnx_allowed",
+    "custom_entry",
     "entry_inputs",
     "is_import_path",
     "is_onnx",
     "onnx_entry",
+    "seeded",
     "zoo_entry",
     "zoo_inputs",
 ]
@@ -58,7 +62,9 @@ def _import_factory(loader: str, allowed_modules: Sequence[str]) -> Callable:
     return factory
 
 
-def _seeded(build: Callable, seed: int) -> Callable:
+def seeded(build: Callable, seed: int = SEED) -> Callable:
+    """``build`` run under ``seed`` (torch's CPU generator, restored after): the weights every actor makes."""
+
     def seeded_build():
         import torch
 
@@ -86,30 +92,37 @@ def _inputs_from_specs(inputs: Sequence[TensorSpec]) -> Callable:
     return make_inputs
 
 
+def custom_entry(name: str, build: Callable, inputs: Sequence[TensorSpec]) -> ZooModel:
+    """The entry of a user's own module built by ``build()`` with the declared ``inputs`` (a UINT8 input with
+    ``normalize`` is the model's float input here)."""
+    return ZooModel(
+        name=name,
+        build=build,
+        make_inputs=_inputs_from_specs([TensorSpec(t.name, "FP32", t.shape) if t.normalize else t for t in inputs]),
+        kind="custom",
+        input_names=tuple(t.name for t in inputs),
+        input_shapes=tuple(t.shape for t in inputs),
+        input_dtypes=tuple("FP32" if t.normalize else t.datatype for t in inputs),
+    )
+
+
 def zoo_entry(
     model: ModelConfig, allowed_modules: Sequence[str] = (), seed: int = SEED, allowed_model_dirs: Sequence[str] = ()
 ) -> ZooModel:
     """The zoo entry the runtime builds ``model`` from, with seeded weights."""
     loader = model.loader_name
     inputs = model.inputs or ()
-    if is_onnx(loader):
+    if model.source is not None:  # given in Python code (eclip_ray/serve/declare.py); its inputs are declared
+        spec = custom_entry(model.name, model.source.build, inputs)
+    elif is_onnx(loader):
         spec = onnx_entry(loader, allowed_model_dirs, model.name, inputs)
     elif is_import_path(loader):
-        factory = _import_factory(loader, allowed_modules)
-        spec = ZooModel(
-            name=model.name,
-            build=factory,
-            make_inputs=_inputs_from_specs([TensorSpec(t.name, "FP32", t.shape) if t.normalize else t for t in inputs]),
-            kind="custom",
-            input_names=tuple(t.name for t in inputs),
-            input_shapes=tuple(t.shape for t in inputs),
-            input_dtypes=tuple("FP32" if t.normalize else t.datatype for t in inputs),
-        )
+        spec = custom_entry(model.name, _import_factory(loader, allowed_modules), inputs)
     else:
         from eclip_ray.models.zoo import get
 
         spec = get(loader)
-    return dataclasses.replace(spec, build=_seeded(spec.build, seed))
+    return dataclasses.replace(spec, build=seeded(spec.build, seed))
 
 
 def zoo_inputs(loader: str) -> tuple[TensorSpec, ...]:

@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from eclip_ray.actor.source import ModelSource
 from eclip_ray.actor.values import ValueRange, check_range
 from eclip_ray.errors import EclipError
 
@@ -69,6 +70,10 @@ class ModelUnavailable(EclipError, RuntimeError):
     """The actor does not serve this model now: not placed on its GPU, or it failed to load."""
 
 
+class Overloaded(ModelUnavailable):
+    """The model's queue or admission limit in the front is full, or its SLO would be missed: retry later."""
+
+
 class DeviceFault(ModelUnavailable):
     """The device failed a batch (a CUDA, driver or HIP error): the batch is lost, not the model's fault.
 
@@ -81,6 +86,10 @@ class InvalidInput(EclipError, ValueError):
 
     Not retryable: the serving path answers 400. The actor raises it before anything reaches the device.
     """
+
+
+class UnknownModel(InvalidInput, LookupError):
+    """A request names a model (or version) the application does not serve (HTTP 404)."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -178,7 +187,7 @@ class ModelConfig:
     loader: str | None = None
     """A zoo name (resnet50, bert-base, transformers:RobertaConfig, ...), a 'module:factory' import path of a function
     returning an nn.Module (the module must be under the app's allowed_modules), or 'onnx:<path>' of a .onnx file
-    under the app's allowed_model_dirs. Default: the model's name, from the zoo."""
+    under the app's allowed_model_dirs. Default: the model's name, from the zoo (or ``source``)."""
     inputs: tuple[TensorSpec, ...] | None = None
     """Input tensors. Default for zoo models: the zoo's; for ONNX files: the graph's (declare them to fix symbolic
     dimensions, or to take UINT8 images); required for import-path loaders."""
@@ -209,6 +218,10 @@ class ModelConfig:
     """Predicted requests per second, for placing models on GPUs (needs a profile)."""
     profile: str | None = None
     """Path of this model's planner profile (JSON), for placement by predicted load."""
+    source: ModelSource | None = None  # last: the fields before it keep their positions
+    """A model given in Python code (``eclip_ray.serve.model``, ``eclip_ray/serve/declare.py``): an nn.Module class,
+    factory or instance, serialised (``eclip_ray/actor/source.py``) and built in the GPU actor. Never set from a
+    file: a string is refused; shown as ``python:<kind>:<label>`` in dumps."""
 
     def __post_init__(self) -> None:
         _check(bool(MODEL_NAME.match(self.name)), f"model name {self.name!r} must match {MODEL_NAME.pattern}")
@@ -237,6 +250,13 @@ class ModelConfig:
             all(t.value_range is None for t in self.outputs or ()),
             f"model {self.name!r}: value_range bounds inputs; outputs take none",
         )
+        if self.source is not None:
+            _check(
+                isinstance(self.source, ModelSource),
+                f"model {self.name!r}: source must be a ModelSource (eclip_ray.serve.model), not "
+                f"{type(self.source).__name__}",
+            )
+            _check(self.loader is None, f"model {self.name!r}: give a loader or a Python source, not both")
 
     @property
     def loader_name(self) -> str:

@@ -8,15 +8,23 @@ per GPU, placed by ``_private/placement.py``). A request crosses one Serve hop
 its batch one Ray call to the GPU actor. This module is where each plain class
 gets its ``serve.deployment`` options; the config is resolved here, in the
 process that builds the app, so the ingress replicas never import torch.
+
+Models declared in Python (``eclip_ray.serve.model``, ``eclip_ray/serve/declare.py``) come as ModelConfigs
+with a ``source``: the ingress gets the config with each source stripped (``AppConfig.for_front``), the fleet the
+whole of it, which it hands to the GPU actors (``_private/fleet.py``), where ``eclip_ray/actor/loader.py`` builds
+the module and ``eclip_ray/graph/runner.py`` runs it. :func:`run` starts Serve with the app's HTTP and gRPC
+options and runs the app; ``serve.run(app)`` runs it too, on Serve's defaults if nothing started Serve before.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from eclip_ray.actor.spec import ModelConfig
 from eclip_ray.serve._private.placement import Placement, demand_of, place
 from eclip_ray.serve.config import AppConfig, running_front
 
@@ -40,13 +48,32 @@ def plan_placement(config: AppConfig) -> Placement:
     return place(demands, config.gpus)
 
 
-def build_app(config: AppConfig | Mapping[str, Any]):
-    """The Serve application (``serve.Application``) of ``config``: run it with ``serve.run(app)``."""
+# The config of each application build_app made in this process, for run() to start Serve with its options.
+_BUILT: weakref.WeakKeyDictionary[Any, AppConfig] = weakref.WeakKeyDictionary()
+
+Target = AppConfig | Mapping[str, Any] | ModelConfig | Sequence[ModelConfig]
+
+
+def app_config(target: Target, **options: Any) -> AppConfig:
+    """The AppConfig of ``target``: a config (or its mapping), or models (``ModelConfig`` s, e.g. from
+    ``eclip_ray.serve.model``) with ``options`` the AppConfig's other fields."""
+    if isinstance(target, ModelConfig):
+        target = [target]
+    if isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
+        return AppConfig.model_validate({**options, "models": list(target)})
+    if options:
+        raise TypeError(f"options {sorted(options)} go with models; a config {type(target).__name__} carries its own")
+    return AppConfig.model_validate(target)
+
+
+def build_app(config: Target, **options: Any):
+    """The Serve application (``serve.Application``) of ``config`` (or of models and AppConfig ``options``, as
+    :func:`app_config` takes them): run it with :func:`run` or ``serve.run(app)``."""
     from eclip_ray.serve._private.fleet import GpuFleet
     from eclip_ray.serve._private.ingress import Ingress
 
     serve = _serve()
-    cfg = AppConfig.model_validate(config).resolved()
+    cfg = app_config(config, **options).resolved()
     replicas = cfg.ingress_count()
     cfg = cfg.model_copy(update={"ingress_replicas": replicas})  # as counted here, not in each replica
     if running_front() != cfg.front:
@@ -78,7 +105,53 @@ def build_app(config: AppConfig | Mapping[str, Any]):
         max_queued_requests=cfg.limits.proxy_queue_size,  # per caller (the proxy); counts requests being routed
         backpressure_config={"status_code": 503, "retry_after_s": cfg.limits.retry_after_s},
     )
-    return ingress.bind(cfg, fleet)
+    app = ingress.bind(cfg.for_front(), fleet)  # the front never holds a Python model's payload
+    _BUILT[app] = cfg
+    return app
+
+
+def configs_in(app: Any) -> list[AppConfig]:
+    """The configs of the eclip_ray applications in ``app``: itself, or those bound into its deployments'
+    arguments (an app composed with the user's own deployments). Walks Serve's bound arguments."""
+    found, seen, todo = [], set(), [app]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Mapping):
+            todo.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            todo.extend(node)
+        elif hasattr(node, "_bound_deployment"):  # a serve.Application
+            with_cfg = _BUILT.get(node)
+            if with_cfg is not None:
+                found.append(with_cfg)
+            bound = node._bound_deployment
+            todo.extend([*getattr(bound, "init_args", ()), *getattr(bound, "init_kwargs", {}).values()])
+    return found
+
+
+def run(target: Any, *, name: str = "default", route_prefix: str | None = "/", blocking: bool = False, **options):
+    """Start Serve with the app's HTTP and gRPC options (``AppConfig.serve_options``) and run it: ``serve.run``'s
+    handle to the app's ingress deployment, or, with ``blocking``, serving until Ctrl-C.
+
+    ``target`` is an application from :func:`build_app` (alone or composed with the user's deployments), or what
+    :func:`build_app` takes (a config, or models with AppConfig ``options``). If Serve is already running, its
+    options stay as they are (Serve's own rule); Ray starts here if it is not running.
+    """
+    serve = _serve()
+    app = target if hasattr(target, "_bound_deployment") else build_app(target, **options)
+    if options and app is target:
+        raise TypeError(f"options {sorted(options)} go with models or a config, not with a built application")
+    configs = configs_in(app)
+    starts = {repr(c.serve_options()) for c in configs}
+    if not configs:
+        raise ValueError("run() found no eclip_ray application in its target (build it with build_app); use serve.run")
+    if len(starts) > 1:
+        raise ValueError("the eclip_ray applications in the target ask Serve for different HTTP/gRPC options")
+    serve.start(**configs[0].serve_options())
+    return serve.run(app, name=name, route_prefix=route_prefix, blocking=blocking)
 
 
 def app_builder(args: dict[str, Any]):

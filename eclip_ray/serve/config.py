@@ -204,7 +204,13 @@ class AppConfig(BaseModel):
         for m in self.models:
             if m.replicas > self.gpus:
                 raise ValueError(f"model {m.name!r} asks for {m.replicas} replicas but the app has {self.gpus} GPUs")
-            if is_import_path(m.loader_name):
+            if m.source is not None:  # a Python object given in code: no allowlist applies, nothing to import
+                if m.inputs is None:
+                    raise ValueError(
+                        f"model {m.name!r} is given as {m.source.label}: declare its inputs, or declare it with "
+                        "eclip_ray.serve.model(..., example=...), which infers them"
+                    )
+            elif is_import_path(m.loader_name):
                 check_allowed(m.loader_name, self.allowed_modules)
                 if m.inputs is None:
                     raise ValueError(f"model {m.name!r} loads {m.loader_name!r}: declare its inputs")
@@ -217,7 +223,9 @@ class AppConfig(BaseModel):
         graph, value ranges included (builds no weights; imports torch, where the app is built)."""
         models = []
         for m in self.models:
-            if is_onnx(m.loader_name):
+            if m.source is not None:
+                pass  # its inputs were declared or inferred in Python (eclip_ray/serve/declare.py)
+            elif is_onnx(m.loader_name):
                 m = _resolved_onnx(m, self.allowed_model_dirs)
             elif not is_import_path(m.loader_name):
                 from eclip_ray.actor.loader import zoo_inputs
@@ -228,6 +236,13 @@ class AppConfig(BaseModel):
                     with contextlib.suppress(KeyError):  # not in the zoo: the GPU actor reports it when it loads
                         m = _with_inputs(m, zoo_inputs(m.loader_name))
             models.append(m)
+        return self.model_copy(update={"models": models})
+
+    def for_front(self) -> AppConfig:
+        """This config as the ingress replicas get it: every Python source stripped of its payload
+        (``ModelSource.stripped``, ``eclip_ray/actor/source.py``), so that the front never holds a model's code or
+        weights; the fleet gets the whole config."""
+        models = [m if m.source is None else dataclasses.replace(m, source=m.source.stripped()) for m in self.models]
         return self.model_copy(update={"models": models})
 
     def is_resolved(self) -> bool:

@@ -47,12 +47,18 @@ UNSAFE = re.compile(
 )
 
 
+# The one module that unpickles: what Python code handed to eclip_ray.serve.model, in the GPU actor. A ModelSource is
+# never made from a config file or a request (pydantic takes nothing but the object: test_serve_python_api.py).
+PYTHON_SOURCES = {"eclip_ray/actor/source.py"}
+
+
 @pytest.mark.parametrize("package", ["eclip_ray/serve", "eclip_ray/actor"])
 def test_nothing_from_the_network_is_unpickled(package):
     # Bodies are JSON and raw numbers (codec.py); config files are read with yaml.safe_load.
     hits = [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
         for path in sorted((ROOT / package).rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in PYTHON_SOURCES
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if UNSAFE.search(line) and "nothing is unpickled" not in line
     ]

@@ -198,7 +198,7 @@ class Batcher:
         """Queue one request (arrays in input order) and wait for its rows of the batch's outputs."""
         refusal = self.refusal(rows)
         if refusal is not None:
-            raise unavailable(f"{self.name} is overloaded: {refusal}; retry later", self.retry_after_s)
+            raise unavailable(f"{self.name} is overloaded: {refusal}; retry later", self.retry_after_s, overloaded=True)
         waiting = _Waiting(inputs, rows, self._clock(), asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._wake.set()
@@ -260,7 +260,9 @@ class Batcher:
         self._queue = deque(w for w in self._queue if now - w.arrival <= slo_s)
         for w in stale:
             waited = f"it waited {1e3 * (now - w.arrival):.0f} ms in the queue, past the SLO of {1e3 * slo_s:g} ms"
-            w.future.set_exception(unavailable(f"{self.name} is overloaded: {waited}; retry later", self.retry_after_s))
+            w.future.set_exception(
+                unavailable(f"{self.name} is overloaded: {waited}; retry later", self.retry_after_s, overloaded=True)
+            )
         return True
 
     async def _dispatch(self, batch: list[_Waiting], sent: float) -> None:

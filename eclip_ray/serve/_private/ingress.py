@@ -9,7 +9,10 @@ ingress) and its batch one hop to the GPU. Several replicas of this deployment
 share the load; the GPU actors join their small batches again.
 
 HTTP errors are KServe-style ``{"error": "..."}``, retryable ones 503 with
-Retry-After. gRPC (``GRPCInferenceService`` of tritonclient's protobufs,
+Retry-After. Python callers (another deployment, through a DeploymentHandle)
+call :meth:`Ingress.infer` with numpy arrays: the same admission, checks and
+batching, and the failures as the project's exceptions (``errors.python_error``).
+gRPC (``GRPCInferenceService`` of tritonclient's protobufs,
 through Serve's gRPC proxy, which calls the methods named like the RPCs) maps
 the same failures to status codes (``grpc_codec.py``).
 
@@ -25,18 +28,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from eclip_ray.actor.spec import BatchResult
+from eclip_ray.actor.spec import BatchResult, ModelConfig, datatype_of
 from eclip_ray.serve._private import codec, grpc_codec
 from eclip_ray.serve._private.codec import InferRequest
-from eclip_ray.serve._private.errors import Failure, RequestError, unavailable
+from eclip_ray.serve._private.errors import Failure, RequestError, python_error, unavailable
 from eclip_ray.serve._private.metrics import RayServeMetrics, ServeMetrics
 from eclip_ray.serve._private.model import ModelFront
 from eclip_ray.serve._private.stats import ModelStats
@@ -110,6 +114,7 @@ class Ingress:
                 f"model {name!r} is overloaded: {front.limit.ongoing} of its requests are in progress in this "
                 f"ingress replica, as many as it takes at once now (at most {front.limit.ceiling}); retry later",
                 self.cfg.limits.retry_after_s,
+                overloaded=True,
             )
         t0 = time.perf_counter()
         own = 0.0
@@ -140,6 +145,34 @@ class Ingress:
         finally:
             slo = self.models[name].cfg.slo_ms if name in self.models else None
             self.metrics.request(name, status, time.perf_counter() - t0, slo)
+
+    # -- Python callers (a DeploymentHandle of this deployment) -----------------------------
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, Any] | Any, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run ``inputs`` (name -> numpy array, the first axis the rows; a bare array for a model of one input)
+        through ``model``'s admission, checks and batching, as an HTTP request goes: its outputs by name, in the
+        model's order (only ``outputs`` if given).
+
+        Raises UnknownModel, InvalidInput, Overloaded, ModelUnavailable (``eclip_ray/actor/spec.py``) or
+        EclipError, as ``errors.python_error`` maps the HTTP answer. Send numpy arrays, not torch tensors: this
+        process never imports torch."""
+
+        wanted = [outputs] if isinstance(outputs, str) else None if outputs is None else list(outputs)
+
+        async def receive() -> InferRequest:
+            return _python_request(self.models[model].cfg, inputs, wanted)
+
+        try:
+            done = await self.counted(model, lambda: self.serve(model, None, receive), lambda _: 200)
+        except RequestError as e:
+            raise python_error(e) from None
+        return {
+            n: np.asarray(o)
+            for n, o in zip(done.result.names, done.result.outputs, strict=True)
+            if wanted is None or n in wanted
+        }
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -291,6 +324,28 @@ class Ingress:
 
 
 EXTENSIONS = ["binary_tensor_data", "statistics"]
+
+
+def _python_request(model: ModelConfig, inputs: Mapping[str, Any] | Any, outputs: Sequence[str] | None) -> InferRequest:
+    """A Python caller's arrays as a decoded request (``check_inputs`` then checks them as it checks HTTP's)."""
+    if not isinstance(inputs, Mapping):
+        names = [t.name for t in model.inputs or ()]
+        if len(names) != 1:
+            raise RequestError(400, f"model {model.name!r} takes inputs {names}: pass a dict name -> array")
+        inputs = {names[0]: inputs}
+    arrays, datatypes = {}, {}
+    for name, value in inputs.items():
+        if not isinstance(value, np.ndarray):
+            raise RequestError(
+                400, f"model {model.name!r}: input {name!r} is a {type(value).__name__}; send a numpy array"
+            )
+        try:
+            datatypes[name] = datatype_of(value.dtype)
+        except ValueError as e:
+            raise RequestError(400, f"model {model.name!r}: input {name!r}: {e}") from None
+        arrays[name] = value.astype(value.dtype.newbyteorder("<"), copy=False)
+    wanted = None if outputs is None else [codec.RequestedOutput(str(o)) for o in outputs]
+    return InferRequest(inputs=arrays, datatypes=datatypes, outputs=wanted)
 
 
 def _replica_id() -> str:
