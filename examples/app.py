@@ -24,8 +24,10 @@ app = build_app(config)
 
 
 def main() -> None:
+    import os
     import time
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a local example (set 1 to allow)
     import ray
     from ray import serve
 

@@ -10,7 +10,7 @@
 set -euo pipefail
 PY=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# What the serve extra needs beyond what the GPU machine has (hardware-notes.md section 7).
+# What the serve extra needs beyond what the GPU machine has (docs/hardware.md section 7).
 SERVE_DEPS=("ray[serve]>=2.40" "fastapi>=0.110" "pydantic>=2.6" "pyyaml>=6" "tqdm>=4.66")
 
 if [[ ${1:-} == "--download" ]]; then

@@ -27,8 +27,9 @@ with ``DeviceFault``, naming the GPU, the model and the call. Then the actor
 probes its device context (``actor/faults.py``): if it is still usable (one
 batch's out-of-memory), the actor goes on serving; if the error poisoned it (a
 device-side assert), the batches in flight and waiting fail too and the process
-exits so that Ray restarts the actor. The energy meter never fails a request:
-NVML failing at start or later turns energy off, with the reason in ``stats()``.
+exits so that Ray restarts the actor. Energy is read beside the batches
+(``actor/ledger.py``); the meter never fails a request. Requests' arrays become
+tensors and results come back as arrays in the runner (``graph/host.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import functools
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,7 @@ import torch
 from eclip_ray.actor.coalesce import Coalescer
 from eclip_ray.actor.faults import DeviceHealth, exit_process
 from eclip_ray.actor.inputs import Ranges, check_requests, resolve_ranges
-from eclip_ray.actor.ledger import EnergyLedger
+from eclip_ray.actor.ledger import EnergyLoop
 from eclip_ray.actor.loader import zoo_entry
 from eclip_ray.actor.metrics import GpuMetrics, RayGpuMetrics
 from eclip_ray.actor.plans import WHOLE_PLAN, PlanSelector, label, open_table, sm_share
@@ -63,8 +63,7 @@ from eclip_ray.actor.spec import (
     TensorSpec,
     torch_dtype,
 )
-from eclip_ray.energy import UnavailableMeter
-from eclip_ray.errors import BackendError, EclipError, EnergyUnavailable, PlanError
+from eclip_ray.errors import BackendError, PlanError
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.runner import ModelRunner, Pending
 from eclip_ray.models.ranges import embedding_ranges
@@ -74,7 +73,6 @@ from eclip_ray.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-_ENERGY_WINDOW = "eclip_ray.actor"
 SOLO_RUNS = 5  # timed runs (after one warm-up) of each model alone at start, for the front's SLO check
 RUNNING_PER_MODEL = 2  # batches of one model on the device at once: one running, the next queued behind it
 
@@ -88,7 +86,6 @@ class _Served:
     outputs: tuple[TensorSpec, ...]
     out_dtypes: tuple[torch.dtype, ...]
     ranges: Ranges = ()
-    copy_stream: torch.cuda.Stream | None = None
     solo_ms: float | None = None  # fastest run of the smallest captured batch size, alone, at start
     solo_p50_ms: float | None = None  # and the median of those runs
     inferences: int = 0
@@ -97,20 +94,9 @@ class _Served:
     joules_per_inference: float | None = None
     by_rows: dict[int, list[float]] = field(default_factory=dict)  # rows -> [batches, seconds]
 
-    def tensors(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
-        """Per input, its part of each request: views, not copies (the runner joins and copies them once)."""
-        n = len(self.runner.input_dtypes)
-        for r in requests:
-            if len(r) != n:
-                raise ValueError(f"{self.spec.name!r} takes {n} inputs, got {len(r)}")
-        return [[_read_only_view(r[i]) for r in requests] for i in range(n)]
-
     def arrays(self, outputs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
-        if self.copy_stream is None:
-            return tuple(o.to(dt).numpy() for o, dt in zip(outputs, self.out_dtypes, strict=True))
-        # Not on the legacy default stream: it would wait for every model's work on the whole-GPU streams.
-        with torch.cuda.stream(self.copy_stream):
-            return tuple(o.to("cpu", dt).numpy() for o, dt in zip(outputs, self.out_dtypes, strict=True))
+        """A batch's outputs as host arrays of the declared output datatypes (``graph/host.py``)."""
+        return self.runner.to_host(outputs, self.out_dtypes)
 
 
 class GpuWorker:
@@ -150,7 +136,6 @@ class GpuWorker:
         self.specs = {m.name: m for m in models}
         self.allowed_modules = tuple(allowed_modules)
         self.allowed_model_dirs = tuple(allowed_model_dirs)
-        self.energy_window_s = energy_window_s
         self.metrics: GpuMetrics = RayGpuMetrics(gpu) if metrics else GpuMetrics()
         self.table_error: str | None = None
         table = self._open_table(plan_table)
@@ -171,10 +156,7 @@ class GpuWorker:
         except BaseException:
             self.runtime.close()
             raise
-        self.ledger = EnergyLedger()
-        self.energy_j = 0.0
-        self.power_w: float | None = None
-        self._energy_task: asyncio.Task | None = None
+        self.energy = EnergyLoop(self.runtime, self.metrics, energy_window_s, gpu, self._model_joules)
         self._labels = {m: label(WHOLE_PLAN) for m in self.models}
         for m, text in self._labels.items():
             self.metrics.plan(m, text, None)
@@ -254,7 +236,6 @@ class GpuWorker:
             outputs=outputs,
             out_dtypes=tuple(torch_dtype(o.datatype) for o in outputs),
             ranges=resolve_ranges(spec, entry.ranges(), learnt),
-            copy_stream=torch.cuda.Stream(runner.device) if runner.on_gpu else None,
         )
 
     def _prepare(self, served: _Served, plans: set[Plan]) -> set[Plan]:
@@ -327,8 +308,8 @@ class GpuWorker:
         self._check_usable()  # it may have waited for the device while another batch poisoned the context
         served = self._served(model)
         rows = sum(int(r[0].shape[0]) for r in requests)
-        self._ensure_energy_loop()
-        tensors = served.tensors(requests)
+        self.energy.start()
+        tensors = served.runner.request_views(requests)
         plan = self._plan_for(model, rows)
         t0 = time.perf_counter()
         try:
@@ -344,7 +325,7 @@ class GpuWorker:
         served.seconds += seconds
         count = served.by_rows.setdefault(rows, [0, 0.0])
         count[0], count[1] = count[0] + 1, count[1] + seconds
-        self.ledger.record(model, rows, seconds, sm_share(plan, self._sm))
+        self.energy.record(model, rows, seconds, sm_share(plan, self._sm))
         return BatchResult(tuple(o.name for o in served.outputs), outputs, seconds, self.gpu, label(plan), rows)
 
     async def _device_fault(self, model: str, e: Exception) -> DeviceFault:
@@ -358,7 +339,7 @@ class GpuWorker:
             return DeviceFault(f"GPU {self.gpu} failed a batch of model {model!r}: {error}")
         if first:
             self.metrics.context_poisoned()
-            self._stop_energy()
+            self.energy.stop()
             log.critical(
                 "GPU %d failed a batch of %s and its device context is unusable (%s): failing the batches in "
                 "flight, then exiting for Ray to restart the actor. The error: %s",
@@ -372,60 +353,12 @@ class GpuWorker:
             f"({poisoned}), so its actor restarts"
         )
 
-    # -- energy -----------------------------------------------------------------------------
-
-    def _stop_energy(self) -> None:
-        if self._energy_task is not None:
-            self._energy_task.cancel()
-
-    def _ensure_energy_loop(self) -> None:
-        if self._energy_task is None and self.runtime.meter.available:
-            try:
-                self.runtime.meter.begin_window(_ENERGY_WINDOW)
-            except EclipError as e:  # NVML failing must not fail the batch that opened the window
-                self._energy_off(e)
-                return
-            self._energy_task = asyncio.get_running_loop().create_task(self._energy_loop())
-
-    def _energy_off(self, e: Exception) -> None:
-        reason = f"the energy meter failed on GPU {self.gpu} ({type(e).__name__}: {e}); energy metrics stop"
-        log.warning("%s", reason)
-        meter, self.runtime.meter = self.runtime.meter, UnavailableMeter(reason)
-        try:
-            meter.close()
-        except EclipError:
-            log.exception("closing the failed energy meter of GPU %d", self.gpu)
-
-    async def _energy_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.energy_window_s)
-            try:
-                self.energy_tick()
-            except EnergyUnavailable as e:
-                self._energy_off(e)
-                return
-            except EclipError:  # an NVML hiccup costs one window, not the actor
-                log.exception("energy window failed on GPU %d", self.gpu)
-                meter = self.runtime.meter
-                meter.discard_window(_ENERGY_WINDOW)
-                try:
-                    meter.begin_window(_ENERGY_WINDOW)
-                except EclipError as e:
-                    self._energy_off(e)
-                    return
-
     def energy_tick(self) -> None:
-        """Close the energy window, publish power, energy and joules per inference, and open the next."""
-        meter = self.runtime.meter
-        window = meter.end_window(_ENERGY_WINDOW)
-        meter.begin_window(_ENERGY_WINDOW)
-        self.energy_j += window.joules
-        self.power_w = meter.power_w()
-        self.metrics.energy(window.joules)
-        self.metrics.power(self.power_w)
-        for model, joules in self.ledger.close(window).items():
-            self.models[model].joules_per_inference = joules
-            self.metrics.joules_per_inference(model, joules)
+        """Close the energy window now (``EnergyLoop.tick``): what the loop does every ``energy_window_s``."""
+        self.energy.tick()
+
+    def _model_joules(self, model: str, joules: float) -> None:
+        self.models[model].joules_per_inference = joules
 
     # -- reports ----------------------------------------------------------------------------
 
@@ -465,12 +398,6 @@ class GpuWorker:
             }
             for name, s in self.models.items()
         }
-        meter = self.runtime.meter
-        energy = {"available": meter.available}
-        if meter.available:
-            energy.update(joules=self.energy_j, watts=self.power_w)
-        else:
-            energy["reason"] = meter.describe().get("reason")
         return {
             "gpu": self.gpu,
             "backend": self.runtime.backend.name,
@@ -487,7 +414,7 @@ class GpuWorker:
             "last_device_fault": self.last_device_fault,
             "context_probes": self.health.probes,
             "context_fault": self.health.poisoned,
-            "energy": energy,
+            "energy": self.energy.describe(),
         }
 
     def process(self) -> dict[str, Any]:
@@ -504,8 +431,7 @@ class GpuWorker:
         return {"gpu": self.gpu, **self.runtime.describe(), "pool": self.runtime.pool.report()}
 
     def close(self) -> None:
-        if self._energy_task is not None:
-            self._energy_task.cancel()
+        self.energy.stop()
         self.runtime.close()
 
 
@@ -514,12 +440,6 @@ def _table_layout(table: Any) -> Layout | None:
     if data is None or isinstance(data, Layout):
         return data
     return layout_from_dict(DeviceGeometry(sm_count=int(data["sm_count"])), data)
-
-
-def _read_only_view(a: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays; only copies read it
-        return torch.from_numpy(a)
 
 
 def _solo_ms(served: _Served) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 Vendors sit behind :class:`EnergyMeter`; the counter is converted to joules in
 exactly one place (each vendor's ``_counter_j``). GPU energy counters update
 coarsely (NVML's total-energy counter on the H100 moved in steps of tens of
-joules, hardware-notes.md section 3), so a window shorter than ``min_window_s``
+joules, `docs/hardware.md` section 3), so a window shorter than ``min_window_s``
 is returned with ``reliable=False`` instead of a made-up number.
 """
 

@@ -2,7 +2,7 @@
 
 For a plan, the executor captures ONE graph per request: it forks from the
 runner's own stream into each stage's partition stream, and each switch is a
-graph edge (hardware-notes.md section 2: kernel nodes keep the partition they
+graph edge (`docs/hardware.md` section 2: kernel nodes keep the partition they
 were captured on). A request is then a copy into the static input, one replay
 and a copy out, with no per-switch work on the CPU. All graphs of a runner
 share one memory pool: they never run at the same time, because every request
@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
 from eclip_ray.errors import PlanError
+from eclip_ray.graph.host import HostCopy, request_views
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.prologue import HostInput, Prologue, parts_of
 from eclip_ray.graph.stages import CutPoint, StageRouter, trace_calls
@@ -132,6 +134,7 @@ class ModelRunner:
         if self.on_gpu:
             self.stream = pool.stream("whole", owner=name, priority=priority)
             self._mempool = torch.cuda.graph_pool_handle()
+        self._host = HostCopy(self.device)
 
     # -- inputs and plans ---------------------------------------------------------------------
 
@@ -144,6 +147,14 @@ class ModelRunner:
         """Random inputs of ``batch_size`` on the runner's device as requests bring them: floats in the runner's
         dtype, uint8 for inputs it normalises."""
         return self.prologue.example(batch_size)
+
+    def request_views(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
+        """Requests' arrays (each in input order) as, per input, views of each request's part (``graph/host.py``)."""
+        return request_views(self.name, requests, len(self.input_dtypes))
+
+    def to_host(self, outputs: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]) -> tuple[np.ndarray, ...]:
+        """A batch's outputs as host arrays of ``dtypes`` (the model's declared output datatypes)."""
+        return self._host.arrays(outputs, dtypes)
 
     def host_inputs(self, inputs: Sequence[HostInput]) -> tuple[torch.Tensor, ...]:
         """One tensor per input in host memory, parts joined and cast to what requests bring (the eager path)."""

@@ -1,6 +1,6 @@
 """The CUDA backend: SM-partitioned streams from green contexts (cuda.bindings.driver).
 
-How a range of SM slots becomes a stream (hardware-notes.md section 1): a split of
+How a range of SM slots becomes a stream (`docs/hardware.md` section 1): a split of
 the device's SM resource returns a prefix and its remainder; two separate splits
 of the whole device return the same SMs, so a range that starts above slot 0 is
 made by splitting off the prefix, turning the remainder into a green context,
@@ -10,8 +10,8 @@ code is checked and a failure names the call and the SMs asked for.
 Work queues: every stream is mapped onto one of the context's hardware work queues,
 8 by default (CUDA_DEVICE_MAX_CONNECTIONS), and green contexts share the device's
 queues. A pool holds more streams than that, and two streams on one queue run in
-order: on the H100, ShuffleNet on its own 32 SMs waited for ResNeXt's kernels on 96
-others (0.88 ms became 2.85 ms; benchmarks/results/h100/corun/). The backend asks for
+order: a small model on its own SMs then waits for a large one's kernels on others
+(runs with 8 queues: benchmarks/results/h100/corun/queues8/; docs/optimizer.md, "Work queues"). The backend asks for
 32 queues before CUDA starts, unless the variable is set already.
 """
 

@@ -6,7 +6,7 @@
 - ``model-wise``: each model alone on its own disjoint partition, the fewest
   SMs (in steps of the device granularity) that meet its SLO alone; without
   an SLO the target is 3x its whole-GPU latency (the convention of
-  right-sizing work, see eclip-paper.md). Unavailable when the partitions do
+  right-sizing work, see `docs/eclip-paper.md`). Unavailable when the partitions do
   not fit on the device together.
 """
 

@@ -2,7 +2,7 @@
 
 Not measurements: nothing here describes a real model. Each unit takes
 ``launch + work / min(n, width)`` ms on ``n`` SMs, the shape the H100 probes
-show (hardware-notes.md, sections 5b and 6): a fixed launch cost, then time
+show (`docs/hardware.md`, sections 5b and 6): a fixed launch cost, then time
 that falls with SMs until the unit's parallel width is reached. About
 ``heavy`` of the units are wide (convolutions, matmuls); the rest are narrow,
 cheap element-wise kernels. ``total_ms`` adds launch gaps the kernel sums

@@ -90,9 +90,9 @@ def build_app(config: Target, **options: Any):
     # Each ingress replica holds each model's requests to a limit (admission.py: the model's front bound split among
     # the replicas, and no more than it gets through within the SLO) and refuses the excess by name before reading
     # the bodies. Serve's bound on the requests in progress per replica leaves room beside them for those quick
-    # refusals. Serve's proxy holds a few requests while it routes them (Limits.proxy_queue_size: on two CPU cores,
-    # a bound of one refused 7 of 8 simultaneous requests to an idle app, and one as large as the front bound halved
-    # the goodput of a front-bound app at 2x load) and answers the rest 503 with Retry-After at once, so that no
+    # refusals. Serve's proxy holds a few requests while it routes them (Limits.proxy_queue_size: too small a bound
+    # refuses simultaneous requests to an idle app, one as large as the front bound costs a front-bound app goodput
+    # at 2x load; docs/serving.md, "Limits") and answers the rest 503 with Retry-After at once, so that no
     # queue in the front lets latency grow without bound. The ingress is the costliest process per request (decoding,
     # batching, Serve's own work), so it gets several replicas; the GPU actors join their small batches.
     front = sum(m.front_bound() for m in cfg.models)

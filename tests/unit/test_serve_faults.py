@@ -136,9 +136,9 @@ async def test_an_nvml_hiccup_costs_one_window_and_a_lasting_failure_turns_energ
             return 100.0
 
     worker.runtime.meter = meter = Hiccup()
-    worker.energy_window_s = 0.01
+    worker.energy.window_s = 0.01
     await worker.infer("tiny-cnn", [IMG])
-    await asyncio.wait_for(worker._energy_task, 5)
+    await asyncio.wait_for(worker.energy.task, 5)
     assert meter.reads == 6  # the first failure cost a window; the loop went on until reads failed twice
     assert "NVML error 999: Unknown Error" in worker.stats()["energy"]["reason"]
 
@@ -155,9 +155,9 @@ async def test_energy_lost_during_serving_turns_energy_off_with_the_reason(worke
             return 0.0
 
     worker.runtime.meter = Vanishing()
-    worker.energy_window_s = 0.01
+    worker.energy.window_s = 0.01
     await worker.infer("tiny-cnn", [IMG])
-    await asyncio.wait_for(worker._energy_task, 5)
+    await asyncio.wait_for(worker.energy.task, 5)
     assert isinstance(worker.runtime.meter, UnavailableMeter)
     assert "NVML lost the device" in worker.stats()["energy"]["reason"]
     assert (await worker.infer("tiny-cnn", [IMG])).outputs[0].shape == (1, 10)
