@@ -173,6 +173,7 @@ def test_a_plan_the_pool_cannot_run_falls_back_to_the_whole_gpu():
 @sync
 async def test_uses_a_saved_planner_table(tmp_path):
     from eclip_ray.planner import table as table_mod
+
     layout = ladder(DeviceGeometry(sm_count=132), 2)
     mix = {"tiny-cnn": 1, "tiny-bert": 1}
     table = table_mod.PlanTable(

@@ -49,6 +49,7 @@ def test_round_trips_through_a_dict():
 
 def test_demand_from_a_profile(tmp_path):
     from eclip_ray.planner import profile
+
     key = profile.ProfileKey("H100", 132, "570", "2.11", "m", 8, "float16")
     stat = lambda ms: profile.Stat(ms, ms, ms)  # noqa: E731
     prof = profile.ModelProfile(key, [32, 132], [], {32: stat(40.0), 132: stat(16.0)})
