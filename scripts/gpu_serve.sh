@@ -25,7 +25,8 @@
 #                equal load R of the later steps (~60 s)
 #      before    benchmarks/serve_load.py with before/eclip_ray swapped in (the editable install points at the
 #                tree; PYTHONPATH does not reach Ray's workers): one client, capacity, 2x, R (~80 s)
-#      app       `eclip-ray serve` (the README's main job; its default front), its curl lines, examples/client.py
+#      app       `eclip-ray serve --front proxy` (the README's main job, behind Serve's proxy; the haproxy step
+#                covers the example's own front), its curl lines, examples/client.py
 #                (tritonclient HTTP), tritonclient gRPC for both models, Ray's Prometheus export; then
 #                serve_load.py --url against it: one client (HTTP and gRPC), capacity, 2x, R (~110 s)
 #    `rest` is install (skipped when Ray Serve already imports) and fault:
@@ -38,7 +39,7 @@
 #                half the capacity for what is left of the budget, 60 to 150 s (~200 s)
 #      table     the summary table, from the JSON files
 #    More steps run after `all` with `bash scripts/gpu_serve.sh steps STEP...` on the warm machine (30 s).
-# 3. Here: mkdir -p benchmarks/results/h200/serve_path && tar xzf <files_at>/results.tgz -C that folder, then
+# 3. Here: mkdir -p benchmarks/results/h200/serve/new_path && tar xzf <files_at>/results.tgz -C that folder, then
 #    commit it with its README (the table printed last, and what it means).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -206,12 +207,12 @@ before() {  # this tree's serve_load.py on the code of before/ (swapped in for t
   return "$rc"  # 1: the run's verdict failed (its JSON says why); the step goes on
 }
 
-app() {  # the README's main job, clients against it, then the load phases through its default front
+app() {  # the README's main job behind Serve's proxy, clients against it, then the load phases
   local log=$W/app_serve.log pid r
   r=$(equal_rps)
   ray stop --force > /dev/null 2>&1 || true
   RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1 eclip-ray serve --config "$SERVE_CONFIG" --metrics-port 8080 \
-    --ingress-replicas 4 > "$log" 2>&1 &
+    --ingress-replicas 4 --front proxy > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 300); do
     grep -q "Ctrl-C stops it" "$log" && break
