@@ -112,8 +112,8 @@ class Target:
 
 def target_for(url: str, model: ModelConfig, rows: int = 1, seed: int = 0) -> Target:
     """A binary KServe request of ``rows`` random rows for ``model`` (its inputs resolved), asking for binary outputs
-    as tritonclient does by default: JSON outputs would time the server's JSON encoding (BERT-base's 128 x 768
-    output as text added ~47 ms per request on the H200, benchmarks/results/h200/serve/new_path/README.md)."""
+    as tritonclient does by default: JSON outputs would time the server's JSON encoding of the outputs, not the path
+    (benchmarks/results/h200/serve/new_path/README.md, "A measurement error")."""
     rng = np.random.default_rng(seed)
     arrays = []
     for t in model.inputs or ():

@@ -33,19 +33,14 @@ app = build_app(config)
 
 
 def main() -> None:
-    import time
-
-    import ray
     from ray import serve
 
-    ray.init()
-    serve.start(**config.serve_options())  # HTTP, gRPC, a proxy on every node
-    serve.run(app, name="eclip-example", route_prefix="/")
-    print(f"serving at http://{config.host}:{config.port}/v2 and gRPC {config.host}:{config.grpc_port}; models are")
-    print("ready when /v2/health/ready says 200")
+    from eclip_ray.serve import run
+
+    print(f"serving at http://{config.host}:{config.port}/v2 and gRPC {config.host}:{config.grpc_port} once Serve")
+    print("is up; models are ready when /v2/health/ready says 200; Ctrl-C stops it")
     try:
-        while True:
-            time.sleep(3600)
+        run(app, name="eclip-example", route_prefix="/", blocking=True)  # Ray, Serve with the app's options, the app
     except KeyboardInterrupt:
         serve.shutdown()
 

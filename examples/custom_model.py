@@ -94,14 +94,10 @@ app = build()
 
 
 def main() -> None:
-    import time
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    eclip.run(app, name="custom-model", route_prefix="/classify")  # starts Ray and Serve (HTTP 8000, gRPC 9000)
-    print("POST http://127.0.0.1:8000/classify with {'features': [16 numbers]}; Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
+    print("POST http://127.0.0.1:8000/classify with {'features': [16 numbers]} once Serve is up; Ctrl-C stops it")
+    try:  # starts Ray and Serve (HTTP 8000, gRPC 9000), then serves until Ctrl-C
+        eclip.run(app, name="custom-model", route_prefix="/classify", blocking=True)
     except KeyboardInterrupt:
         serve.shutdown()
 

@@ -96,7 +96,7 @@ class _Served:
 
     def arrays(self, outputs: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
         """A batch's outputs as host arrays of the declared output datatypes (``graph/host.py``)."""
-        return self.runner.to_host(outputs, self.out_dtypes)
+        return self.runner.host.arrays(outputs, self.out_dtypes)
 
 
 class GpuWorker:
@@ -309,7 +309,7 @@ class GpuWorker:
         served = self._served(model)
         rows = sum(int(r[0].shape[0]) for r in requests)
         self.energy.start()
-        tensors = served.runner.request_views(requests)
+        tensors = served.runner.host.views(requests)
         plan = self._plan_for(model, rows)
         t0 = time.perf_counter()
         try:

@@ -1,11 +1,11 @@
 """Host arrays in and out of a runner: requests' numpy arrays as tensor views, results back as numpy arrays.
 
 Requests reach the GPU actor as numpy arrays, one list per request in the model's input order
-(``eclip_ray/actor/worker.py``). :func:`request_views` makes them tensors without copying: the
-runner joins a batch's parts and copies them once, into pinned memory
-(``eclip_ray/graph/runner.py``, ``_staged``). :class:`HostCopy` brings a batch's outputs back in
-the datatypes the model declares, on a stream of its own on a GPU: on the legacy default stream
-the copy would wait for every model's work on the whole-GPU streams.
+(``eclip_ray/actor/worker.py``). Each runner holds a :class:`HostIO` (``runner.host``): its
+``views`` makes them tensors without copying (the runner joins a batch's parts and copies them
+once, into pinned memory: ``eclip_ray/graph/runner.py``, ``_staged``), and its ``arrays`` brings a
+batch's outputs back in the datatypes the model declares, on a stream of its own on a GPU: on the
+legacy default stream the copy would wait for every model's work on the whole-GPU streams.
 """
 
 from __future__ import annotations
@@ -17,27 +17,28 @@ import numpy as np
 import torch
 
 
-def request_views(owner: str, requests: Sequence[Sequence[np.ndarray]], inputs: int) -> list[list[torch.Tensor]]:
-    """Per input, its part of each request: read-only views of the arrays, not copies."""
-    for r in requests:
-        if len(r) != inputs:
-            raise ValueError(f"{owner!r} takes {inputs} inputs, got {len(r)}")
-    return [[_view(r[i]) for r in requests] for i in range(inputs)]
-
-
 def _view(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only arrays; only copies read them
         return torch.from_numpy(a)
 
 
-class HostCopy:
-    """Copies a runner's outputs to host numpy arrays of the given dtypes (one copy stream per GPU runner)."""
+class HostIO:
+    """Host arrays in and out of the runner ``owner`` of ``inputs`` inputs on ``device``."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, owner: str, device: torch.device, inputs: int) -> None:
+        self.owner, self.inputs = owner, inputs
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
+    def views(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
+        """Per input, its part of each request (each a list of arrays in input order): read-only views, not copies."""
+        for r in requests:
+            if len(r) != self.inputs:
+                raise ValueError(f"{self.owner!r} takes {self.inputs} inputs, got {len(r)}")
+        return [[_view(r[i]) for r in requests] for i in range(self.inputs)]
+
     def arrays(self, outputs: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]) -> tuple[np.ndarray, ...]:
+        """A batch's outputs as host arrays of ``dtypes`` (the model's declared output datatypes)."""
         if len(outputs) != len(dtypes):
             raise ValueError(f"{len(outputs)} outputs, but {len(dtypes)} output datatypes")
         if self.stream is None:

@@ -1,7 +1,7 @@
 """ONNX models on the CPU backend: onnxruntime's CPU execution provider runs each request.
 
 ``OrtRunner`` has ``ModelRunner``'s CPU surface (``example_inputs``,
-``request_views``, ``to_host``, ``validate``, ``eager``, ``submit``, ``run``, ``close``). Plans are checked
+``host``, ``validate``, ``eager``, ``submit``, ``run``, ``close``). Plans are checked
 against the cut points of the converted module, so a plan accepted here is one
 the GPU path accepts too; onnxruntime then runs the whole graph at once, which
 on the CPU backend (no partitions) is all a plan could mean.
@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from eclip_ray.graph.host import HostCopy, request_views
+from eclip_ray.graph.host import HostIO
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.prologue import HostInput, Prologue
 from eclip_ray.graph.runner import ModelRunner, Pending, check_plan
@@ -48,7 +47,7 @@ class OrtRunner:
         self.prologue = Prologue(name, model.make_inputs, self.device, self.dtype, normalize)
         self.calls: list[CutPoint] = trace_calls(module, model.make_inputs(model.batch_size or 1))
         self._session = model.session(threads)
-        self._host = HostCopy(self.device)
+        self.host = HostIO(name, self.device, len(self.input_dtypes))
 
     @property
     def input_dtypes(self) -> tuple[torch.dtype, ...]:
@@ -57,14 +56,6 @@ class OrtRunner:
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """Random inputs of ``batch_size``, as requests bring them (uint8 for inputs it normalises)."""
         return self.prologue.example(batch_size)
-
-    def request_views(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
-        """As ``ModelRunner.request_views``."""
-        return request_views(self.name, requests, len(self.input_dtypes))
-
-    def to_host(self, outputs: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]) -> tuple[np.ndarray, ...]:
-        """As ``ModelRunner.to_host``."""
-        return self._host.arrays(outputs, dtypes)
 
     def validate(self, plan: Plan) -> None:
         """Raise PlanError unless every cut point and partition of ``plan`` exists."""

@@ -25,12 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
 from eclip_ray.errors import PlanError
-from eclip_ray.graph.host import HostCopy, request_views
+from eclip_ray.graph.host import HostIO
 from eclip_ray.graph.plan import Plan
 from eclip_ray.graph.prologue import HostInput, Prologue, parts_of
 from eclip_ray.graph.stages import CutPoint, StageRouter, trace_calls
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 InputFactory = Callable[[int], tuple[torch.Tensor, ...]]
 
 
-def _as_tuple(out: object) -> tuple[torch.Tensor, ...]:
+def as_outputs(out: object) -> tuple[torch.Tensor, ...]:
     if isinstance(out, torch.Tensor):
         return (out,)
     if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
@@ -134,7 +133,7 @@ class ModelRunner:
         if self.on_gpu:
             self.stream = pool.stream("whole", owner=name, priority=priority)
             self._mempool = torch.cuda.graph_pool_handle()
-        self._host = HostCopy(self.device)
+        self.host = HostIO(name, self.device, len(self.input_dtypes))  # request arrays in, outputs out
 
     # -- inputs and plans ---------------------------------------------------------------------
 
@@ -147,14 +146,6 @@ class ModelRunner:
         """Random inputs of ``batch_size`` on the runner's device as requests bring them: floats in the runner's
         dtype, uint8 for inputs it normalises."""
         return self.prologue.example(batch_size)
-
-    def request_views(self, requests: Sequence[Sequence[np.ndarray]]) -> list[list[torch.Tensor]]:
-        """Requests' arrays (each in input order) as, per input, views of each request's part (``graph/host.py``)."""
-        return request_views(self.name, requests, len(self.input_dtypes))
-
-    def to_host(self, outputs: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]) -> tuple[np.ndarray, ...]:
-        """A batch's outputs as host arrays of ``dtypes`` (the model's declared output datatypes)."""
-        return self._host.arrays(outputs, dtypes)
 
     def host_inputs(self, inputs: Sequence[HostInput]) -> tuple[torch.Tensor, ...]:
         """One tensor per input in host memory, parts joined and cast to what requests bring (the eager path)."""
@@ -174,7 +165,7 @@ class ModelRunner:
         inputs = self.prologue(inputs)
         if not self.on_gpu:
             with self._router.active({c: (lambda: None) for c in plan.cuts}):
-                return _as_tuple(self.model(*inputs))
+                return as_outputs(self.model(*inputs))
         streams = self._streams(plan)
         origin = torch.cuda.current_stream(self.device)
         current = [streams[0]]
@@ -192,7 +183,7 @@ class ModelRunner:
             streams[0].wait_stream(origin)
         schedule = {cut: switch_to(streams[i + 1]) for i, cut in enumerate(plan.cuts)}
         with torch.cuda.stream(streams[0]), self._router.active(schedule):
-            out = _as_tuple(self.model(*inputs))
+            out = as_outputs(self.model(*inputs))
         if current[0] != origin:
             origin.wait_stream(current[0])
         return out

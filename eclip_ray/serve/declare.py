@@ -224,7 +224,7 @@ def _run(module: Any, tensors: list[Any], model: str, label: str) -> tuple:
     """``module``'s outputs on ``tensors``, in eval mode and without gradients (its mode is restored)."""
     import torch
 
-    from eclip_ray.graph.runner import _as_tuple
+    from eclip_ray.graph.runner import as_outputs
 
     device = next(iter([*module.parameters(), *module.buffers()]), torch.empty(0)).device
     training = module.training
@@ -237,7 +237,7 @@ def _run(module: Any, tensors: list[Any], model: str, label: str) -> tuple:
     finally:
         module.train(training)
     try:
-        outs = _as_tuple(out)
+        outs = as_outputs(out)
     except TypeError as e:
         raise ValueError(f"model {model!r}: {e}") from None
     rows = int(tensors[0].shape[0])
